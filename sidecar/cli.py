@@ -1,0 +1,67 @@
+"""Command line: argument parsing and exit codes, nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from typing import Final
+
+from sidecar import __version__
+from sidecar.config import ConfigError, Settings, load_settings
+from sidecar.log import configure
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_CONFIG: Final = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="coder-task-sidecar",
+        description="Keeps a Coder task's log snapshot and app status current from agentapi. "
+        "Configured by environment variables (see the README).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,snapshot,check}")
+    sub.add_parser("run", help="run the daemon (default)")
+    sub.add_parser(
+        "snapshot", help="post one snapshot of the conversation now and exit (a shutdown hook)"
+    )
+    sub.add_parser("check", help="validate the configuration and probe agentapi and Coder")
+    return parser
+
+
+def _settings(command: str) -> Settings:
+    settings = load_settings(os.environ)
+    if command == "snapshot" and settings.coder_task_id is None:
+        raise ConfigError("CODER_TASK_ID", "is required for the snapshot command")
+    return settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command: str = args.command or "run"
+    try:
+        settings = _settings(command)
+    except ConfigError as exc:
+        print(f"coder-task-sidecar: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure(settings.sidecar_log_level.value, settings.sidecar_log_format)
+    if command == "run":
+        from sidecar.daemon import Daemon
+
+        return asyncio.run(Daemon(settings).run())
+    if command == "snapshot":
+        from sidecar.oneshot import snapshot_once
+
+        return asyncio.run(snapshot_once(settings))
+    from sidecar.check import run_check
+
+    return asyncio.run(run_check(settings, sys.stdout))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Wiring and lifecycle: builds the pieces from Settings, runs them, and stops them in order.
+
+Stop order matters: stop reading first (the mirror is final), then flush the snapshot
+within the shutdown budget, then the relay's optional last word, all under one deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Final
+
+import aiohttp
+import structlog
+
+from sidecar.agentapi.client import AgentapiClient
+from sidecar.agentapi.source import AgentapiSource, InvalidCounter
+from sidecar.agentapi.statefile import StateFileSource
+from sidecar.backoff import Deadline
+from sidecar.coder import CoderClient
+from sidecar.config import Settings
+from sidecar.health import HealthServer, Readiness
+from sidecar.hub import Hub
+from sidecar.metrics import Metrics
+from sidecar.mirror import Mirror
+from sidecar.relay import Relay, RelayPolicy
+from sidecar.spool import Spool
+from sidecar.systemd import Notifier
+from sidecar.token import TokenSource
+from sidecar.uploader import Uploader
+
+log = structlog.get_logger(__name__)
+
+_READY_AT_LATEST_S: Final = 5.0
+_CRASH_RESTART_S: Final = 1.0
+
+
+def make_token(settings: Settings) -> TokenSource:
+    if settings.coder_agent_token is not None:
+        return TokenSource(value=settings.coder_agent_token.get_secret_value())
+    return TokenSource(path=settings.coder_agent_token_file)
+
+
+def make_session(settings: Settings) -> aiohttp.ClientSession:
+    # TLS verification stays on; SSL_CERT_FILE is honoured by OpenSSL's default paths.
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=8),
+        headers={"User-Agent": "coder-task-sidecar"},
+        trust_env=False,
+    )
+
+
+async def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
+    """A component that crashes is logged and restarted; the daemon itself keeps going."""
+    while True:
+        try:
+            await run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("task.crashed", task=name, restart_in_s=_CRASH_RESTART_S)
+            await asyncio.sleep(_CRASH_RESTART_S)
+
+
+class Daemon:
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.stop_requested = asyncio.Event()
+        self._signals = 0
+        self._forced = asyncio.Event()
+
+    def request_stop(self, signame: str) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("shutdown.requested", signal=signame)
+            self.stop_requested.set()
+        elif not self._forced.is_set():
+            log.warning("shutdown.forced", signal=signame, note="final flush cut short")
+            self._forced.set()
+
+    async def run(self) -> int:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+        notifier = Notifier(s.notify_socket, s.watchdog_usec)
+        token = make_token(s)
+        async with make_session(s) as session:
+            coder = CoderClient(
+                session=session,
+                base_url=s.coder_agent_url,
+                token=token,
+                timeout=s.sidecar_http_timeout,
+            )
+            mirror = Mirror(s.sidecar_snapshot_max_messages)
+            uploader = self._make_uploader(coder, mirror)
+            relay = self._make_relay(coder)
+            hub = Hub(mirror=mirror, uploader=uploader, relay=relay)
+            agentapi = AgentapiSource(
+                client=AgentapiClient(session=session, base_url=s.coder_mcp_ai_agentapi_url),
+                listener=hub,
+                metrics=self.metrics,
+                probe_interval=s.sidecar_agentapi_probe_interval,
+            )
+            statefile = (
+                StateFileSource(
+                    path=s.agentapi_state_file,
+                    on_read=hub.on_statefile,
+                    invalid=InvalidCounter(self.metrics.invalid),
+                )
+                if s.agentapi_state_file is not None
+                else None
+            )
+            health = self._make_health(hub, uploader, statefile)
+            if health is not None:
+                await health.start()
+            watchdog_stop = asyncio.Event()
+            tasks = [asyncio.create_task(_supervise("agentapi", agentapi.run))]
+            if statefile is not None:
+                tasks.append(asyncio.create_task(_supervise("statefile", statefile.run)))
+            if uploader is not None:
+                tasks.append(asyncio.create_task(_supervise("uploader", uploader.run)))
+            if relay is not None:
+                tasks.append(asyncio.create_task(_supervise("relay", relay.run)))
+            tasks.append(asyncio.create_task(notifier.watchdog_loop(watchdog_stop)))
+            log.info(
+                "daemon.started",
+                agentapi=s.coder_mcp_ai_agentapi_url,
+                coder=s.coder_agent_url,
+                task=str(s.coder_task_id) if s.coder_task_id else None,
+                relay_slug=s.coder_mcp_app_status_slug,
+                state_file=str(s.agentapi_state_file) if s.agentapi_state_file else None,
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_READY_AT_LATEST_S):
+                    await asyncio.wait(
+                        [
+                            asyncio.create_task(hub.first_contact.wait()),
+                            asyncio.create_task(self.stop_requested.wait()),
+                        ],
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+            notifier.ready("watching agentapi" if hub.reachable else "waiting for agentapi")
+            await self.stop_requested.wait()
+
+            # 1. stop reading: from here the mirror is the final word.
+            deadline = Deadline(s.sidecar_shutdown_timeout)
+            notifier.stopping("flushing the final snapshot")
+            notifier.extend_timeout(s.sidecar_shutdown_timeout + 5)
+            if statefile is not None:
+                statefile.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            # 2. the final snapshot, 3. the relay's optional last word, one deadline.
+            delivered = True
+            if uploader is not None:
+                delivered = await self._unless_forced(uploader.flush(deadline.remaining()))
+            if relay is not None:
+                await self._unless_forced(relay.stop(s.sidecar_relay_on_stop, deadline.remaining()))
+            if health is not None:
+                await health.stop()
+        log.info(
+            "shutdown.complete",
+            snapshot_delivered=delivered,
+            forced=self._signals > 1,
+            spooled=not delivered and uploader is not None,
+        )
+        return 1 if self._signals > 1 and not delivered else 0
+
+    async def _unless_forced(self, step: Coroutine[Any, Any, bool]) -> bool:
+        """Run one shutdown step; a second signal cancels it (the step cleans up, e.g.
+        the uploader spools its body) and it counts as not done."""
+        task = asyncio.create_task(step)
+        forced = asyncio.create_task(self._forced.wait())
+        await asyncio.wait((task, forced), return_when=asyncio.FIRST_COMPLETED)
+        forced.cancel()
+        if not task.done():
+            task.cancel()
+        try:
+            return await task
+        except asyncio.CancelledError:
+            return False
+
+    def _make_uploader(self, coder: CoderClient, mirror: Mirror) -> Uploader | None:
+        s = self.settings
+        if s.coder_task_id is None:
+            log.warning("snapshot.disabled", reason="CODER_TASK_ID is not set")
+            return None
+        return Uploader(
+            client=coder,
+            task_id=s.coder_task_id,
+            mirror=mirror,
+            metrics=self.metrics,
+            interval=s.sidecar_snapshot_interval,
+            spool=Spool(s.state_dir, s.coder_task_id),
+            max_bytes=s.sidecar_snapshot_max_bytes,
+        )
+
+    def _make_relay(self, coder: CoderClient) -> Relay | None:
+        s = self.settings
+        if s.coder_mcp_app_status_slug is None:
+            log.info("relay.disabled", reason="CODER_MCP_APP_STATUS_SLUG is not set")
+            return None
+        return Relay(
+            client=coder,
+            slug=s.coder_mcp_app_status_slug,
+            policy=RelayPolicy(
+                screen_activity=s.sidecar_relay_screen_activity, uri=s.sidecar_relay_uri
+            ),
+            metrics=self.metrics,
+            grace=s.sidecar_relay_grace,
+        )
+
+    def _make_health(
+        self, hub: Hub, uploader: Uploader | None, statefile: StateFileSource | None
+    ) -> HealthServer | None:
+        addr = self.settings.http_addr
+        if addr is None:
+            return None
+        stale_after = max(3 * self.settings.sidecar_snapshot_interval, 30.0)
+
+        def readiness() -> Readiness:
+            reasons: list[str] = []
+            if not hub.reachable and (statefile is None or not statefile.readable()):
+                reasons.append("agentapi unreachable and no readable state file")
+            if uploader is not None:
+                if uploader.pending_age() > stale_after:
+                    reasons.append(f"snapshot undelivered for {uploader.pending_age():.0f}s")
+                if uploader.blocked_reason is not None:
+                    reasons.append(f"snapshot uploads backing off: {uploader.blocked_reason}")
+            return Readiness(ready=not reasons, reasons=tuple(reasons))
+
+        return HealthServer(
+            host=addr[0], port=addr[1], registry=self.metrics.registry, readiness=readiness
+        )

@@ -1,0 +1,76 @@
+"""The Hub routes what the sources produce: into the mirror, then to the uploader and relay.
+
+It is the one listener the sources call, synchronously, so the SSE reader is never held
+up by network I/O; the uploader and relay only get a cheap nudge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+import structlog
+
+from sidecar.agentapi.statefile import StateFileRead
+from sidecar.mirror import Mirror
+from sidecar.models import AgentStatus, Event
+from sidecar.uploader import Uploader
+
+if TYPE_CHECKING:
+    from sidecar.relay import Relay
+
+log = structlog.get_logger(__name__)
+
+# Slack for clocks: a state file written this close to the last live event is as new.
+_STATEFILE_SLACK_S: Final = 1.0
+
+
+@dataclass(slots=True)
+class Hub:
+    mirror: Mirror
+    uploader: Uploader | None
+    relay: Relay | None
+    wall_clock: Callable[[], float] = time.time
+    reachable: bool = False
+    first_contact: asyncio.Event = field(default_factory=asyncio.Event)
+    last_live_at: float = 0.0
+    statefile_backlog: StateFileRead | None = None
+
+    def on_event(self, event: Event) -> None:
+        self.last_live_at = self.wall_clock()
+        self._apply(event)
+
+    def _apply(self, event: Event) -> None:
+        change = self.mirror.apply(event)
+        if self.uploader is not None and change:
+            turn_ended = change.status and self.mirror.status is AgentStatus.STABLE
+            if change.messages or turn_ended:
+                self.uploader.notify(urgent=turn_ended)
+        if self.relay is not None:
+            self.relay.observe(event)
+
+    def on_reachable(self, reachable: bool) -> None:
+        self.reachable = reachable
+        self.first_contact.set()
+        if self.relay is not None:
+            self.relay.set_agent_reachable(reachable)
+        if not reachable:
+            self.mirror.abort_replay()
+            if self.statefile_backlog is not None:
+                self.on_statefile(self.statefile_backlog)
+
+    def on_statefile(self, read: StateFileRead) -> None:
+        """The live stream wins while connected; the file speaks when agentapi cannot,
+        and only if it is not older than what the stream last said."""
+        self.first_contact.set()
+        if self.reachable:
+            self.statefile_backlog = read
+            return
+        self.statefile_backlog = None
+        if read.mtime + _STATEFILE_SLACK_S < self.last_live_at:
+            log.info("statefile.stale", note="older than the live conversation; ignored")
+            return
+        self._apply(read.conversation)

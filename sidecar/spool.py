@@ -1,0 +1,114 @@
+"""An on-disk slot for the one snapshot body that could not be delivered.
+
+One file per task (`<task>.json`), replaced atomically: a crash at any point leaves either
+the old body or the new one, never a torn file. A file that does not parse is moved aside
+rather than deleted, so a person can still look at it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from uuid import UUID
+
+import structlog
+
+from sidecar.models import Invalid, validate_message
+
+log = structlog.get_logger(__name__)
+
+
+class Spool:
+    __slots__ = ("_dir", "_path")
+
+    def __init__(self, directory: Path, task_id: UUID) -> None:
+        self._dir = directory
+        self._path = directory / f"{task_id}.json"
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def load(self) -> bytes | None:
+        """The spooled body, or None. Never raises for a bad file: it is set aside."""
+        try:
+            body = self._path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("spool.unreadable", path=str(self._path), error=exc.strerror)
+            return None
+        problem = _problem(body)
+        if problem is None:
+            return body
+        aside = self._path.with_name(f"{self._path.name}.corrupt-{int(time.time())}")
+        try:
+            os.replace(self._path, aside)
+        except OSError as exc:
+            log.warning("spool.corrupt", path=str(self._path), problem=problem, error=exc.strerror)
+        else:
+            log.warning("spool.corrupt", path=str(self._path), problem=problem, moved_to=str(aside))
+        return None
+
+    def save(self, body: bytes) -> bool:
+        """Write atomically: temp file, fsync, rename, fsync the directory."""
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=".spool-", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(body)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, self._path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            _fsync_dir(self._dir)
+        except OSError as exc:
+            log.error("spool.write_failed", path=str(self._path), error=exc.strerror)
+            return False
+        log.info("spool.written", path=str(self._path), bytes=len(body))
+        return True
+
+    def clear(self) -> None:
+        try:
+            self._path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("spool.clear_failed", path=str(self._path), error=exc.strerror)
+            return
+        _fsync_dir(self._dir)
+        log.info("spool.cleared", path=str(self._path))
+
+
+def _problem(body: bytes) -> str | None:
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return "not JSON"
+    if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list):
+        return "not a snapshot body"
+    if not obj["messages"]:
+        return "empty conversation"
+    for item in obj["messages"]:
+        # A message Coder cannot read back would poison the task's logs: never post it.
+        invalid = validate_message(item, "content")
+        if isinstance(invalid, Invalid):
+            return f"invalid message ({invalid.reason})"
+    return None
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,244 @@
+"""The real `coder-task-sidecar run` process against the loopback fakes, with real signals."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.conftest import SidecarFactory
+from tests.e2e.harness import SidecarProcess, base_env
+from tests.fakes.agentapi import FakeAgentapi
+from tests.fakes.coder import FakeCoder
+from tests.fakes.server import Served
+
+
+def env_for(
+    tmp_path: Path, agentapi: Served[FakeAgentapi], coder: Served[FakeCoder], **extra: str
+) -> dict[str, str]:
+    settings = {
+        "CODER_AGENT_URL": coder.url,
+        "CODER_AGENT_TOKEN": coder.fake.token,
+        "CODER_TASK_ID": str(coder.fake.task_id),
+        "CODER_MCP_AI_AGENTAPI_URL": agentapi.url,
+        "SIDECAR_STATE_DIR": str(tmp_path / "state"),
+        "SIDECAR_SNAPSHOT_INTERVAL": "0.5",
+        "SIDECAR_SHUTDOWN_TIMEOUT": "5",
+        "SIDECAR_AGENTAPI_PROBE_INTERVAL": "0.5",
+    }
+    settings.update(extra)
+    return base_env(tmp_path, **settings)
+
+
+def stored_contents(coder: FakeCoder) -> list[str] | None:
+    stored = coder.stored_snapshot()
+    return None if stored is None else [m["content"] for m in stored["messages"]]
+
+
+async def metric(url: str, name: str, **labels: str) -> float:
+    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as resp:
+        text = await resp.text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+async def wait_events_seen(proc: SidecarProcess, http: str, count: int) -> None:
+    """Wait (with a deadline) until the sidecar has read `count` message_update events."""
+    import asyncio
+
+    async with asyncio.timeout(10):
+        while await metric(http, "sidecar_agentapi_events_total", type="message_update") < count:
+            await asyncio.sleep(0.02)
+
+
+async def test_snapshot_follows_the_conversation(
+    tmp_path: Path,
+    fake_agentapi: Served[FakeAgentapi],
+    fake_coder: Served[FakeCoder],
+    start_sidecar: SidecarFactory,
+) -> None:
+    agentapi, coder = fake_agentapi.fake, fake_coder.fake
+    agentapi.add_message("agent", "Hello! Ready to help.")
+    agentapi.add_message("user", "Fix the tests")
+    proc = await start_sidecar(env_for(tmp_path, fake_agentapi, fake_coder))
+    await coder.wait_for(
+        lambda: stored_contents(coder) == ["Hello! Ready to help.", "Fix the tests"], timeout=10
+    )
+    agentapi.set_status("running")
+    agentapi.add_message("agent", "Looking")
+    agentapi.update_last("Looking at the failing tests now")
+    await coder.wait_for(lambda: (stored_contents(coder) or [""])[-1].endswith("now"), timeout=3)
+    ev = await proc.wait_log("snapshot.posted")
+    assert ev["status"] == 204
+    assert ev["bytes"] > 0
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0
+    assert proc.events("shutdown.complete")[0]["snapshot_delivered"] is True
+
+
+async def test_sigterm_posts_the_newest_content_and_exits_zero(
+    tmp_path: Path,
+    fake_agentapi: Served[FakeAgentapi],
+    fake_coder: Served[FakeCoder],
+    start_sidecar: SidecarFactory,
+) -> None:
+    agentapi, coder = fake_agentapi.fake, fake_coder.fake
+    agentapi.add_message("user", "Summarize the repo")
+    http = "127.0.0.1:0"
+    proc = await start_sidecar(
+        env_for(
+            tmp_path,
+            fake_agentapi,
+            fake_coder,
+            SIDECAR_SNAPSHOT_INTERVAL="600",
+            SIDECAR_HTTP_ADDR=http,
+        )
+    )
+    await coder.wait_for(lambda: stored_contents(coder) == ["Summarize the repo"], timeout=10)
+    listening = await proc.wait_log("health.listening")
+    url = f"http://127.0.0.1:{listening['port']}"
+    agentapi.add_message("agent", "The repo holds a daemon and its tests.")
+    await wait_events_seen(proc, url, 2)
+    # Inside the 600 s interval nothing else is posted: only the stop can deliver this.
+    assert stored_contents(coder) == ["Summarize the repo"]
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0
+    assert stored_contents(coder) == [
+        "Summarize the repo",
+        "The repo holds a daemon and its tests.",
+    ]
+    assert coder.stored_snapshot() is not None
+
+
+async def test_sigterm_after_agentapi_died_still_posts_last_known_conversation(
+    tmp_path: Path,
+    fake_agentapi: Served[FakeAgentapi],
+    fake_coder: Served[FakeCoder],
+    start_sidecar: SidecarFactory,
+) -> None:
+    agentapi, coder = fake_agentapi.fake, fake_coder.fake
+    agentapi.add_message("user", "Write a haiku")
+    proc = await start_sidecar(
+        env_for(
+            tmp_path,
+            fake_agentapi,
+            fake_coder,
+            SIDECAR_SNAPSHOT_INTERVAL="600",
+            SIDECAR_HTTP_ADDR="127.0.0.1:0",
+        )
+    )
+    await coder.wait_for(lambda: stored_contents(coder) == ["Write a haiku"], timeout=10)
+    listening = await proc.wait_log("health.listening")
+    agentapi.add_message("agent", "Old pond / a frog jumps in / sound of water")
+    await wait_events_seen(proc, f"http://127.0.0.1:{listening['port']}", 2)
+    await fake_agentapi.server.stop()
+    await proc.wait_log("agentapi.unreachable")
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0
+    assert stored_contents(coder) == [
+        "Write a haiku",
+        "Old pond / a frog jumps in / sound of water",
+    ]
+
+
+async def test_second_signal_during_flush_forces_exit_and_spools(
+    tmp_path: Path,
+    fake_agentapi: Served[FakeAgentapi],
+    fake_coder: Served[FakeCoder],
+    start_sidecar: SidecarFactory,
+) -> None:
+    agentapi, coder = fake_agentapi.fake, fake_coder.fake
+    agentapi.add_message("user", "hello")
+    proc = await start_sidecar(
+        env_for(tmp_path, fake_agentapi, fake_coder, SIDECAR_SHUTDOWN_TIMEOUT="60")
+    )
+    await coder.wait_for(lambda: stored_contents(coder) == ["hello"], timeout=10)
+    coder.fail_next(503, times=10_000)
+    agentapi.add_message("agent", "unsent reply")
+    await proc.wait_log("snapshot.retry")
+    proc.signal(signal.SIGTERM)
+    await proc.wait_log("shutdown.requested")
+    proc.signal(signal.SIGINT)
+    code = await proc.wait(timeout=10)
+    assert code == 1
+    assert proc.events("shutdown.forced")
+    spooled = (tmp_path / "state" / f"{coder.task_id}.json").read_text()
+    assert "unsent reply" in spooled
+
+
+async def test_token_never_appears_in_output(
+    tmp_path: Path,
+    fake_agentapi: Served[FakeAgentapi],
+    fake_coder: Served[FakeCoder],
+    start_sidecar: SidecarFactory,
+) -> None:
+    agentapi, coder = fake_agentapi.fake, fake_coder.fake
+    agentapi.add_message("user", "hi")
+    token_file = tmp_path / "token"
+    token_file.write_text(coder.token + "\n")
+    token_file.chmod(0o644)  # also makes it warn about the file mode
+    env = env_for(tmp_path, fake_agentapi, fake_coder, SIDECAR_LOG_LEVEL="debug")
+    del env["CODER_AGENT_TOKEN"]
+    env["CODER_AGENT_TOKEN_FILE"] = str(token_file)
+    old = coder.token
+    new = coder.rotate_token()  # the old token is now refused with 401
+    proc = await start_sidecar(env)
+    await proc.wait_log("snapshot.unauthorized")
+    token_file.write_text(new)
+    await coder.wait_for(lambda: stored_contents(coder) == ["hi"], timeout=15)
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0
+    out = proc.output()
+    assert proc.events("token.file_exposed")
+    assert old not in out
+    assert new not in out
+    assert old[:8] not in out
+    assert new[:8] not in out
+
+
+def _only_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+async def test_bad_configuration_exits_2_with_one_line(tmp_path: Path) -> None:
+    from tests.e2e.harness import run_to_exit
+
+    secret = "0d7f6a52-5b0e-4b3e-9a55-5d3c1c3f9e21"
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({}, "CODER_AGENT_URL"),
+        ({"CODER_AGENT_URL": "http://c"}, "CODER_AGENT_TOKEN"),
+        ({"CODER_AGENT_URL": "nope", "CODER_AGENT_TOKEN": secret}, "CODER_AGENT_URL"),
+        (
+            {"CODER_AGENT_URL": "http://c", "CODER_AGENT_TOKEN": secret, "CODER_TASK_ID": "x"},
+            "CODER_TASK_ID",
+        ),
+        (
+            {"CODER_AGENT_URL": "http://c", "CODER_AGENT_TOKEN_FILE": str(tmp_path / "missing")},
+            "CODER_AGENT_TOKEN_FILE",
+        ),
+        (
+            {
+                "CODER_AGENT_URL": "http://c",
+                "CODER_AGENT_TOKEN": secret,
+                "SIDECAR_SNAPSHOT_INTERVAL": "-3",
+            },
+            "SIDECAR_SNAPSHOT_INTERVAL",
+        ),
+    ]
+    for args in (["run"], ["snapshot"], ["check"]):
+        for settings, variable in cases:
+            code, out, err = await run_to_exit(base_env(tmp_path, **settings), args)
+            assert code == 2, (args, settings, err)
+            line = _only_line(err)
+            assert variable in line
+            assert "Traceback" not in err
+            assert out == ""
+            assert secret not in err

@@ -1,0 +1,164 @@
+"""The daemon as a service: sd_notify datagrams, health endpoints, the state file source."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.e2e.conftest import SidecarFactory
+from tests.e2e.harness import base_env
+from tests.fakes.agentapi import FakeAgentapi
+from tests.fakes.coder import FakeCoder
+from tests.fakes.server import Served
+
+
+def env_for(
+    tmp_path: Path, agentapi_url: str, coder: Served[FakeCoder], **extra: str
+) -> dict[str, str]:
+    settings = {
+        "CODER_AGENT_URL": coder.url,
+        "CODER_AGENT_TOKEN": coder.fake.token,
+        "CODER_TASK_ID": str(coder.fake.task_id),
+        "CODER_MCP_AI_AGENTAPI_URL": agentapi_url,
+        "SIDECAR_STATE_DIR": str(tmp_path / "state"),
+        "SIDECAR_SNAPSHOT_INTERVAL": "0.3",
+        "SIDECAR_SHUTDOWN_TIMEOUT": "3",
+        "SIDECAR_AGENTAPI_PROBE_INTERVAL": "0.3",
+    }
+    settings.update(extra)
+    return base_env(tmp_path, **settings)
+
+
+def contents(coder: FakeCoder) -> list[str] | None:
+    stored = coder.stored_snapshot()
+    return None if stored is None else [m["content"] for m in stored["messages"]]
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = str(tmp_path / "notify.sock")
+    sock.bind(path)
+    sock.setblocking(False)
+    yield sock, path
+    sock.close()
+
+
+async def receive_until(
+    sock: socket.socket, key: str, seen: list[dict[str, str]]
+) -> dict[str, str]:
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(10):
+        while True:
+            data = await loop.sock_recv(sock, 4096)
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            seen.append(fields)
+            if key in fields:
+                return fields
+
+
+async def test_sd_notify_lifecycle(
+    tmp_path: Path,
+    fake_agentapi: Served[FakeAgentapi],
+    fake_coder: Served[FakeCoder],
+    start_sidecar: SidecarFactory,
+    notify_socket: tuple[socket.socket, str],
+) -> None:
+    sock, path = notify_socket
+    fake_agentapi.fake.add_message("user", "hi")
+    proc = await start_sidecar(
+        env_for(tmp_path, fake_agentapi.url, fake_coder, NOTIFY_SOCKET=path, WATCHDOG_USEC="400000")
+    )
+    seen: list[dict[str, str]] = []
+    ready = await receive_until(sock, "READY", seen)
+    assert ready["READY"] == "1"
+    assert "STATUS" in ready
+    await receive_until(sock, "WATCHDOG", seen)
+    await receive_until(sock, "WATCHDOG", seen)  # keeps coming from the event loop
+    proc.signal(signal.SIGTERM)
+    stopping = await receive_until(sock, "STOPPING", seen)
+    assert stopping["STOPPING"] == "1"
+    extend = (
+        stopping
+        if "EXTEND_TIMEOUT_USEC" in stopping
+        else await receive_until(sock, "EXTEND_TIMEOUT_USEC", seen)
+    )
+    assert int(extend["EXTEND_TIMEOUT_USEC"]) >= 3_000_000
+    assert await proc.wait() == 0
+
+
+async def test_health_endpoints_over_http(
+    tmp_path: Path,
+    fake_agentapi: Served[FakeAgentapi],
+    fake_coder: Served[FakeCoder],
+    start_sidecar: SidecarFactory,
+) -> None:
+    fake_agentapi.fake.add_message("user", "hi")
+    proc = await start_sidecar(
+        env_for(tmp_path, fake_agentapi.url, fake_coder, SIDECAR_HTTP_ADDR="127.0.0.1:0")
+    )
+    listening = await proc.wait_log("health.listening")
+    assert listening["host"] == "127.0.0.1"
+    base = f"http://127.0.0.1:{listening['port']}"
+    await fake_coder.fake.wait_for(lambda: contents(fake_coder.fake) == ["hi"], 10)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base + "/healthz") as resp:
+            assert resp.status == 200
+        async with http.get(base + "/readyz") as resp:
+            assert resp.status == 200, await resp.text()
+        # agentapi gone, no state file: not ready, and it says why.
+        await fake_agentapi.server.stop()
+        await proc.wait_log("agentapi.unreachable")
+        async with http.get(base + "/readyz") as resp:
+            assert resp.status == 503
+            body = json.loads(await resp.text())
+            assert any("agentapi" in r for r in body["reasons"])
+        async with http.get(base + "/metrics") as resp:
+            text = await resp.text()
+    assert 'sidecar_snapshot_posts_total{result="ok"} 1.0' in text
+    assert "sidecar_agentapi_connected 0.0" in text
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0
+
+
+async def test_state_file_speaks_while_agentapi_is_down(
+    tmp_path: Path,
+    fake_agentapi: Served[FakeAgentapi],
+    fake_coder: Served[FakeCoder],
+    start_sidecar: SidecarFactory,
+) -> None:
+    agentapi = fake_agentapi.fake
+    agentapi.add_message("user", "from the state file")
+    state = tmp_path / "agentapi" / "state.json"
+    agentapi.write_state_file(state)
+    url = fake_agentapi.url
+    await fake_agentapi.server.stop()
+    proc = await start_sidecar(env_for(tmp_path, url, fake_coder, AGENTAPI_STATE_FILE=str(state)))
+    await fake_coder.fake.wait_for(lambda: contents(fake_coder.fake) == ["from the state file"], 10)
+    # agentapi rewrites the file by rename (SIGUSR1 or its own shutdown): picked up.
+    agentapi.add_message("agent", "written later")
+    agentapi.write_state_file(state)
+    await fake_coder.fake.wait_for(
+        lambda: contents(fake_coder.fake) == ["from the state file", "written later"], 10
+    )
+    # A half-written or foreign file is reported and ignored: the snapshot stays.
+    state.write_text('{"version": 1, "messages": [')
+    await proc.wait_log("statefile.ignored")
+    state.write_text('{"version": 99, "messages": []}')
+    await proc.wait_log("statefile.ignored", count=2)
+    # agentapi comes back: the live stream wins.
+    await fake_agentapi.server.start()
+    agentapi.add_message("user", "live again")
+    await fake_coder.fake.wait_for(
+        lambda: (contents(fake_coder.fake) or [""])[-1] == "live again", 10
+    )
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0
+    assert contents(fake_coder.fake) == ["from the state file", "written later", "live again"]

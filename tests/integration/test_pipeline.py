@@ -1,0 +1,296 @@
+"""agentapi fake → AgentapiSource → Hub → Mirror → Uploader → CoderClient → Coder fake.
+
+Real loopback servers on both sides; only the daemon process around the pieces is absent
+(the end-to-end tests cover it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from sidecar.agentapi.client import AgentapiClient
+from sidecar.agentapi.source import AgentapiSource
+from sidecar.backoff import Backoff
+from sidecar.coder import CoderClient
+from sidecar.hub import Hub
+from sidecar.metrics import Metrics
+from sidecar.mirror import Mirror
+from sidecar.spool import Spool
+from sidecar.token import TokenSource
+from sidecar.uploader import Uploader
+from tests.conftest import AgentapiFactory, CoderFactory
+from tests.fakes.agentapi import FakeAgentapi
+from tests.fakes.coder import FakeCoder
+from tests.fakes.server import Served
+
+
+@dataclass
+class Pipeline:
+    agentapi: Served[FakeAgentapi]
+    coder: Served[FakeCoder]
+    mirror: Mirror
+    uploader: Uploader
+    hub: Hub
+    metrics: Metrics
+    token: TokenSource
+
+    def stored(self) -> list[tuple[str, str]] | None:
+        snap = self.coder.fake.stored_snapshot()
+        if snap is None:
+            return None
+        return [(m["role"], m["content"]) for m in snap["messages"]]
+
+    def truth(self) -> list[tuple[str, str]]:
+        return [(m.role, m.content) for m in self.agentapi.fake.messages][-10:]
+
+    async def wait_stored(self, expected: Callable[[], object], timeout: float = 5.0) -> None:
+        await self.coder.fake.wait_for(lambda: self.stored() == expected(), timeout)
+
+    async def logs_readable(self) -> bool:
+        url = f"{self.coder.url}/api/v2/tasks/me/{self.coder.fake.task_id}/logs"
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(url, headers={"Coder-Session-Token": self.coder.fake.token}) as resp,
+        ):
+            return resp.status == 200
+
+
+PipelineFactory = Callable[..., "asyncio.Future[Pipeline]"]
+
+
+@pytest.fixture
+async def make_pipeline(
+    make_fake_agentapi: AgentapiFactory, make_fake_coder: CoderFactory, tmp_path: Path
+) -> AsyncIterator[Callable[..., object]]:
+    tasks: list[asyncio.Task[None]] = []
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def factory(
+        interval: float = 0.3,
+        events: bool = True,
+        token: str | None = None,
+        **fake_kw: object,
+    ) -> Pipeline:
+        agentapi = await make_fake_agentapi()
+        agentapi.fake.events_available = events
+        coder = await make_fake_coder(**fake_kw)
+        session = aiohttp.ClientSession()
+        sessions.append(session)
+        metrics = Metrics()
+        mirror = Mirror(10)
+        tok = TokenSource(value=token or coder.fake.token)
+        uploader = Uploader(
+            client=CoderClient(session=session, base_url=coder.url, token=tok, timeout=2.0),
+            task_id=coder.fake.task_id,
+            mirror=mirror,
+            metrics=metrics,
+            interval=interval,
+            spool=Spool(tmp_path / "spool", coder.fake.task_id),
+            backoff=Backoff(base=0.05, cap=0.2),
+            auth_backoff=Backoff(base=0.1, cap=0.2),
+        )
+        hub = Hub(mirror=mirror, uploader=uploader, relay=None)
+        source = AgentapiSource(
+            client=AgentapiClient(session=session, base_url=agentapi.url),
+            listener=hub,
+            metrics=metrics,
+            probe_interval=0.3,
+            poll_interval=0.1,
+            backoff=Backoff(base=0.02, cap=0.1),
+        )
+        tasks.append(asyncio.create_task(source.run()))
+        tasks.append(asyncio.create_task(uploader.run()))
+        return Pipeline(agentapi, coder, mirror, uploader, hub, metrics, tok)
+
+    yield factory
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for session in sessions:
+        await session.close()
+
+
+async def test_conversation_reaches_coder_and_reads_back(
+    make_pipeline: Callable[..., object],
+) -> None:
+    p: Pipeline = await make_pipeline()  # type: ignore[misc]
+    p.agentapi.fake.add_message("agent", "Hello! Ready to help.")
+    p.agentapi.fake.add_message("user", "Fix the build ✓ “quotes” \\ and \x1b[1mANSI\x1b[0m")
+    await p.wait_stored(p.truth)
+    assert await p.logs_readable()
+
+
+async def test_streaming_updates_are_coalesced(make_pipeline: Callable[..., object]) -> None:
+    p: Pipeline = await make_pipeline(interval=0.5)  # type: ignore[misc]
+    fake = p.agentapi.fake
+    fake.add_message("user", "go")
+    await p.wait_stored(p.truth)
+    fake.set_status("running")
+    fake.add_message("agent", "")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for n in range(100):  # 100 updates paced over ~1 s, as a streaming agent does
+        fake.update_last("token " * (n + 1))
+        await asyncio.sleep(0.01)
+    elapsed = loop.time() - started
+    await p.wait_stored(p.truth, timeout=3)
+    posts = len(p.coder.fake.snapshot_posts())
+    # One post per interval while streaming (+ the first post and one trailing).
+    assert posts <= 2 + int(elapsed / 0.5) + 1, posts
+
+
+async def test_turn_end_is_posted_promptly(make_pipeline: Callable[..., object]) -> None:
+    p: Pipeline = await make_pipeline(interval=30)  # type: ignore[misc]
+    fake = p.agentapi.fake
+    fake.add_message("user", "q")
+    await p.wait_stored(p.truth)
+    fake.set_status("running")
+    fake.add_message("agent", "answer")
+    fake.set_status("stable")
+    # Far inside the 30 s interval, the finished turn is still delivered.
+    await p.wait_stored(p.truth, timeout=3)
+
+
+async def test_reconnect_after_the_stream_drops(make_pipeline: Callable[..., object]) -> None:
+    p: Pipeline = await make_pipeline()  # type: ignore[misc]
+    fake = p.agentapi.fake
+    fake.add_message("user", "one")
+    await p.wait_stored(p.truth)
+    connects = fake.stream_connects
+    fake.drop_streams()
+    await fake.wait_for(lambda: fake.stream_connects > connects and fake.subscriber_count == 1)
+    fake.add_message("agent", "two")
+    await p.wait_stored(p.truth)
+
+
+async def test_restart_with_shorter_history_replaces_the_snapshot(
+    make_pipeline: Callable[..., object],
+) -> None:
+    p: Pipeline = await make_pipeline()  # type: ignore[misc]
+    fake = p.agentapi.fake
+    for i in range(6):
+        fake.add_message("user" if i % 2 == 0 else "agent", f"old {i}")
+    await p.wait_stored(p.truth)
+    fake.restart([("agent", "fresh session")])
+    await p.wait_stored(lambda: [("agent", "fresh session")])
+
+
+async def test_polling_fallback_without_events(make_pipeline: Callable[..., object]) -> None:
+    p: Pipeline = await make_pipeline(events=False)  # type: ignore[misc]
+    fake = p.agentapi.fake
+    fake.add_message("user", "polled")
+    await p.wait_stored(p.truth)
+    fake.set_status("running")
+    fake.add_message("agent", "still polled")
+    await p.wait_stored(p.truth)
+    assert fake.requests["/events"] >= 1
+    # While stable and unchanged, /messages is not fetched again.
+    fake.set_status("stable")
+    settled = fake.requests["/status"] + 2  # the poll that sees the change, then one more
+    await fake.wait_for(lambda: fake.requests["/status"] >= settled)
+    fetched = fake.requests["/messages"]
+    before = fake.requests["/status"]
+    await fake.wait_for(lambda: fake.requests["/status"] >= before + 3)
+    assert fake.requests["/messages"] == fetched
+
+
+async def test_malformed_frames_and_invalid_messages_are_dropped(
+    make_pipeline: Callable[..., object],
+) -> None:
+    p: Pipeline = await make_pipeline()  # type: ignore[misc]
+    fake = p.agentapi.fake
+    fake.add_message("user", "valid")
+    await fake.wait_for_subscribers(1)
+    await p.wait_stored(p.truth)
+    fake.inject_raw(b"event: message_update\ndata: {not json\n\n")
+    fake.inject_raw(b'event: message_update\ndata: {"id": 5}\n\n')
+    fake.inject_raw(b"\xff\xfe garbage without structure\n\n")
+    fake.add_message("system", "a role Coder cannot read back")
+    fake.add_message("agent", "after the noise")
+    await p.wait_stored(lambda: [("user", "valid"), ("agent", "after the noise")])
+    assert await p.logs_readable()
+    invalid = {
+        s.labels["reason"]: s.value
+        for f in p.metrics.registry.collect()
+        if f.name == "sidecar_invalid_input"
+        for s in f.samples
+        if s.name.endswith("_total")
+    }
+    assert invalid["json"] == 1
+    # {"id": 5} has no role; "system" is not one Coder can read back.
+    assert invalid["role"] == 2
+
+
+async def test_5xx_then_recovery(make_pipeline: Callable[..., object]) -> None:
+    p: Pipeline = await make_pipeline()  # type: ignore[misc]
+    p.coder.fake.fail_next(503, times=2)
+    p.coder.fake.fail_next(500, times=1, retry_after=0)
+    p.agentapi.fake.add_message("user", "hello")
+    await p.wait_stored(p.truth)
+    statuses = [r.status for r in p.coder.fake.snapshot_posts()]
+    assert statuses == [503, 503, 500, 204]
+
+
+async def test_404_backs_off_and_says_so(make_pipeline: Callable[..., object]) -> None:
+    p: Pipeline = await make_pipeline(endpoint_missing=True)  # type: ignore[misc]
+    p.agentapi.fake.add_message("user", "hello")
+    await p.coder.fake.wait_for(lambda: len(p.coder.fake.snapshot_posts()) == 1)
+    assert p.uploader.blocked_reason == "not_found"
+    p.agentapi.fake.add_message("agent", "more")
+    await p.agentapi.fake.wait_for(lambda: p.mirror.version >= 2)
+    assert len(p.coder.fake.snapshot_posts()) == 1
+
+
+async def test_400_is_not_resent(make_pipeline: Callable[..., object]) -> None:
+    p: Pipeline = await make_pipeline(interval=0.1)  # type: ignore[misc]
+    p.coder.fake.fail_next(400)
+    p.agentapi.fake.add_message("user", "hello")
+    await p.coder.fake.wait_for(lambda: len(p.coder.fake.snapshot_posts()) == 1)
+    p.uploader.notify(urgent=True)
+    p.agentapi.fake.add_message("agent", "changed")
+    await p.wait_stored(p.truth)
+    assert [r.status for r in p.coder.fake.snapshot_posts()] == [400, 204]
+
+
+async def test_401_recovers_after_the_token_file_rotates(
+    make_pipeline: Callable[..., object], tmp_path: Path
+) -> None:
+    p: Pipeline = await make_pipeline(token="7d6f5e4c-3b2a-4190-8877-665544332211")  # type: ignore[misc]
+    p.agentapi.fake.add_message("user", "hello")
+    await p.coder.fake.wait_for(lambda: any(r.status == 401 for r in p.coder.fake.snapshot_posts()))
+    assert p.uploader.blocked_reason == "unauthorized"
+    # Swap the pipeline's token source for a file holding the right token.
+    token_file = tmp_path / "token"
+    token_file.write_text(p.coder.fake.token)
+    token_file.chmod(0o600)
+    p.token._path = token_file
+    p.token._stamp = None
+    await p.wait_stored(p.truth, timeout=5)
+
+
+async def test_hung_and_reset_requests_are_retried(make_pipeline: Callable[..., object]) -> None:
+    p: Pipeline = await make_pipeline()  # type: ignore[misc]
+    p.coder.fake.hang_next()
+    p.coder.fake.close_next()
+    p.agentapi.fake.add_message("user", "persistent")
+    await p.wait_stored(p.truth, timeout=10)
+    assert len(p.coder.fake.snapshot_posts()) >= 3
+
+
+async def test_oversized_conversation_is_fitted(make_pipeline: Callable[..., object]) -> None:
+    p: Pipeline = await make_pipeline()  # type: ignore[misc]
+    fake = p.agentapi.fake
+    fake.add_message("user", "dump the log")
+    fake.add_message("agent", "€" * 40_000 + "THE END")
+    await p.coder.fake.wait_for(lambda: p.stored() is not None)
+    stored = p.stored()
+    assert stored is not None
+    assert stored[-1][1].endswith("€THE END")
+    assert len(p.coder.fake.accepted_snapshot_posts()[-1].body) <= 65_536
+    assert await p.logs_readable()

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+
+from sidecar.spool import Spool
+
+TASK = UUID("7c9e6679-7425-40de-944b-e07fc1f90ae7")
+BODY = json.dumps(
+    {"messages": [{"id": 0, "content": "hi", "role": "user", "time": "2026-01-01T00:00:00Z"}]},
+    separators=(",", ":"),
+).encode()
+
+
+def test_roundtrip_and_clear(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "state", TASK)
+    assert spool.load() is None
+    assert spool.save(BODY)
+    assert spool.path == tmp_path / "state" / f"{TASK}.json"
+    assert Spool(tmp_path / "state", TASK).load() == BODY
+    spool.clear()
+    assert spool.load() is None
+    spool.clear()  # idempotent
+
+
+def test_save_replaces_atomically_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, TASK)
+    spool.save(BODY)
+    newer = BODY.replace(b'"hi"', b'"hello"')
+    spool.save(newer)
+    assert spool.load() == newer
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{TASK}.json"]
+
+
+def test_directory_is_private(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "new", TASK)
+    spool.save(BODY)
+    assert (tmp_path / "new").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"{not json",
+        b'{"messages": [',  # torn write by someone else
+        b"[]",
+        b'{"messages": null}',
+        b'{"messages": []}',
+        b'{"messages": [{"id": 0, "content": "x", "role": "system",'
+        b' "time": "2026-01-01T00:00:00Z"}]}',
+        b'{"messages": [{"id": 0, "content": "x", "role": "user"}]}',
+    ],
+)
+def test_corrupt_file_is_moved_aside(tmp_path: Path, content: bytes) -> None:
+    spool = Spool(tmp_path, TASK)
+    spool.path.write_bytes(content)
+    assert spool.load() is None
+    assert not spool.path.exists()
+    aside = [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    assert len(aside) == 1
+    assert aside[0].read_bytes() == content
+    # The slot is usable again.
+    assert spool.save(BODY)
+    assert spool.load() == BODY
+
+
+def test_unwritable_directory_reports_failure(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    spool = Spool(blocker / "sub", TASK)
+    assert spool.save(BODY) is False
