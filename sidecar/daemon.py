@@ -7,7 +7,6 @@ within the shutdown budget, then the relay's optional last word, all under one d
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final
@@ -135,15 +134,7 @@ class Daemon:
                 relay_slug=s.coder_mcp_app_status_slug,
                 state_file=str(s.agentapi_state_file) if s.agentapi_state_file else None,
             )
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_READY_AT_LATEST_S):
-                    await asyncio.wait(
-                        [
-                            asyncio.create_task(hub.first_contact.wait()),
-                            asyncio.create_task(self.stop_requested.wait()),
-                        ],
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
+            await self._first_contact(hub)
             notifier.ready("watching agentapi" if hub.reachable else "waiting for agentapi")
             await self.stop_requested.wait()
 
@@ -151,6 +142,7 @@ class Daemon:
             deadline = Deadline(s.sidecar_shutdown_timeout)
             notifier.stopping("flushing the final snapshot")
             notifier.extend_timeout(s.sidecar_shutdown_timeout + 5)
+            watchdog_stop.set()
             if statefile is not None:
                 statefile.stop()
             for task in tasks:
@@ -171,6 +163,18 @@ class Daemon:
             spooled=not delivered and uploader is not None,
         )
         return 1 if self._signals > 1 and not delivered else 0
+
+    async def _first_contact(self, hub: Hub) -> None:
+        """READY=1 waits until a source has spoken (agentapi answered or failed, or the
+        state file was read), but never so long that the service manager gives up."""
+        waits = [
+            asyncio.create_task(hub.first_contact.wait()),
+            asyncio.create_task(self.stop_requested.wait()),
+        ]
+        await asyncio.wait(waits, timeout=_READY_AT_LATEST_S, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
 
     async def _unless_forced(self, step: Coroutine[Any, Any, bool]) -> bool:
         """Run one shutdown step; a second signal cancels it (the step cleans up, e.g.

@@ -185,13 +185,7 @@ class RelayPolicy:
 
     def is_new_error(self, event: AgentError) -> bool:
         """Whether `event` is newer than every agent_error seen (replays are not)."""
-        ns = _time_ns(event.time)
-        if ns is None:
-            # Cannot be ordered against the others, so it cannot be told from a replay.
-            return False
-        if self._error_ns is None or ns > self._error_ns:
-            return True
-        return ns == self._error_ns and (event.level, event.message) not in self._error_keys
+        return self._new_error_ns(event) is not None
 
     def agent_unreachable(self) -> StatusReport:
         """agentapi stayed unreachable past the grace period: the failure report."""
@@ -278,11 +272,22 @@ class RelayPolicy:
             self._phase = AppState.WORKING
             self._failure = None
 
-    def _take_error(self, event: AgentError) -> None:
-        if not self.is_new_error(event):
-            return
+    def _new_error_ns(self, event: AgentError) -> int | None:
+        """The error's time if it is new, else None."""
         ns = _time_ns(event.time)
-        assert ns is not None  # is_new_error refuses unorderable times
+        if ns is None:
+            # Cannot be ordered against the others, so it cannot be told from a replay.
+            return None
+        if self._error_ns is None or ns > self._error_ns:
+            return ns
+        if ns == self._error_ns and (event.level, event.message) not in self._error_keys:
+            return ns
+        return None
+
+    def _take_error(self, event: AgentError) -> None:
+        ns = self._new_error_ns(event)
+        if ns is None:
+            return
         key = (event.level, event.message)
         if self._error_ns is None or ns > self._error_ns:
             self._error_ns = ns
@@ -413,14 +418,21 @@ class Relay:
         return self._due_report() is not None
 
     def observe(self, event: Event) -> None:
-        if isinstance(event, AgentError) and self._policy.is_new_error(event):
-            fields = {"message": event.message[:_LOGGED_ERROR_CHARS], "time": event.time}
-            if event.level is ErrorLevel.ERROR:
+        new_error = (
+            event if isinstance(event, AgentError) and self._policy.is_new_error(event) else None
+        )
+        changed = self._policy.observe(event) is not None
+        if changed:
+            self._wake.set()
+        if new_error is not None:
+            fields = {"message": new_error.message[:_LOGGED_ERROR_CHARS], "time": new_error.time}
+            if new_error.level is ErrorLevel.WARNING:
+                log.warning("relay.agent_warning", **fields)
+            elif changed:
                 log.error("relay.agent_error", **fields)
             else:
-                log.warning("relay.agent_warning", **fields)
-        if self._policy.observe(event) is not None:
-            self._wake.set()
+                # Replayed on the first connect, from a request since followed up.
+                log.debug("relay.agent_error_superseded", **fields)
 
     def set_agent_reachable(self, reachable: bool) -> None:
         if not reachable:

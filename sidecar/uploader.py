@@ -271,16 +271,13 @@ class Uploader:
         self._not_found_logged = False
         self._metrics.snapshot_bytes.set(len(body))
         self._metrics.snapshot_last_success.set(self._wall_clock())
-        if self._spooled is not None or self._spool_holds_something():
+        if self._spooled is not None:
             self._spooled = None
             if self._spool is not None:
                 self._spool.clear()
         if not self._dirty:
             self._pending_since = None
             self._metrics.snapshot_pending_since.set(0)
-
-    def _spool_holds_something(self) -> bool:
-        return self._spool is not None and self._spool.path.exists()
 
     def _save_spool(self, body: bytes) -> None:
         if self._spool is None or body == self._spooled:

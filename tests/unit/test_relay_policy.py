@@ -30,6 +30,7 @@ from sidecar.relay import NOT_RESPONDING, RelayPolicy, StatusReport
 Step: TypeAlias = Event | Literal["down", "up"]
 Case: TypeAlias = list[tuple[Step, StatusReport | None]]
 
+ROLES: tuple[Literal["user", "agent"], ...] = ("user", "agent")
 DOWN: Literal["down"] = "down"
 UP: Literal["up"] = "up"
 REPLAY = ReplayStarted()
@@ -61,15 +62,15 @@ def warn(text: str, second: int) -> AgentError:
     return AgentError(level=ErrorLevel.WARNING, message=text, time=at(second))
 
 
-def W(message: str, uri: str = "") -> StatusReport:  # noqa: N802 - reads like the table
+def W(message: str, uri: str = "") -> StatusReport:
     return StatusReport(AppState.WORKING, message, uri)
 
 
-def I(message: str, uri: str = "") -> StatusReport:  # noqa: N802, E743
+def I(message: str, uri: str = "") -> StatusReport:  # noqa: E743
     return StatusReport(AppState.IDLE, message, uri)
 
 
-def F(message: str, uri: str = "") -> StatusReport:  # noqa: N802
+def F(message: str, uri: str = "") -> StatusReport:
     return StatusReport(AppState.FAILURE, message, uri)
 
 
@@ -220,11 +221,15 @@ CASES: dict[str, Case] = {
     ],
     "poll: the same conversation again → nothing": [
         (
-            Conversation((msg(0, "user", "hi", 1), msg(1, "agent", "Hello!", 2)), AgentStatus.STABLE, "poll"),
+            Conversation(
+                (msg(0, "user", "hi", 1), msg(1, "agent", "Hello!", 2)), AgentStatus.STABLE, "poll"
+            ),
             I("Hello!"),
         ),
         (
-            Conversation((msg(0, "user", "hi", 1), msg(1, "agent", "Hello!", 2)), AgentStatus.STABLE, "poll"),
+            Conversation(
+                (msg(0, "user", "hi", 1), msg(1, "agent", "Hello!", 2)), AgentStatus.STABLE, "poll"
+            ),
             None,
         ),
         (
@@ -244,7 +249,10 @@ CASES: dict[str, Case] = {
     "a new error → failure with its text": [
         *AFTER_HISTORY,
         (user(2, "deploy", 10), W("deploy")),
-        (err("\x1b[31mAPI error:\x1b[0m rate limited\n  retry later", 12), F("API error: rate limited retry later")),
+        (
+            err("\x1b[31mAPI error:\x1b[0m rate limited\n  retry later", 12),
+            F("API error: rate limited retry later"),
+        ),
         (STABLE, None),
         (RUNNING, None),
     ],
@@ -295,7 +303,10 @@ CASES: dict[str, Case] = {
     "offsets are compared as instants": [
         *AFTER_HISTORY,
         (err("at 10:00:04Z", 4), F("at 10:00:04Z")),
-        (AgentError(ErrorLevel.ERROR, "same instant +01:00", "2025-03-01T11:00:04+01:00"), F("same instant +01:00")),
+        (
+            AgentError(ErrorLevel.ERROR, "same instant +01:00", "2025-03-01T11:00:04+01:00"),
+            F("same instant +01:00"),
+        ),
         (AgentError(ErrorLevel.ERROR, "earlier -00:30", "2025-03-01T09:30:03-00:30"), None),
     ],
     "warnings → nothing, and they advance what was seen": [
@@ -317,7 +328,14 @@ CASES: dict[str, Case] = {
     "while unreachable, events change what comes back, not the failure": [
         *AFTER_HISTORY,
         (DOWN, F(NOT_RESPONDING)),
-        (Conversation((msg(0, "user", "fix the login bug", 1), msg(2, "user", "also docs", 9)), None, "statefile"), None),
+        (
+            Conversation(
+                (msg(0, "user", "fix the login bug", 1), msg(2, "user", "also docs", 9)),
+                None,
+                "statefile",
+            ),
+            None,
+        ),
         (UP, W("also docs")),
     ],
     "recovery replay after death → the real state, once": [
@@ -431,7 +449,10 @@ def test_is_new_error_is_a_pure_query() -> None:
     ("state", "expected"),
     [
         (AppState.IDLE, I("Fixed: the token check was inverted.")),
-        (AppState.COMPLETE, StatusReport(AppState.COMPLETE, "Fixed: the token check was inverted.", "")),
+        (
+            AppState.COMPLETE,
+            StatusReport(AppState.COMPLETE, "Fixed: the token check was inverted.", ""),
+        ),
         (AppState.WORKING, W("fix the login bug")),
         (AppState.FAILURE, F("")),
     ],
@@ -454,7 +475,9 @@ def test_stop_report_failure_carries_the_current_failure() -> None:
 def test_long_multibyte_messages_fit_160_bytes() -> None:
     policy = RelayPolicy()
     request = "请把登录模块重构一下，" * 20 + "😀"
-    report = policy.observe(Conversation((msg(0, "user", request, 1),), AgentStatus.RUNNING, "poll"))
+    report = policy.observe(
+        Conversation((msg(0, "user", request, 1),), AgentStatus.RUNNING, "poll")
+    )
     assert report is not None
     assert report.state is AppState.WORKING
     assert len(report.message.encode()) <= 160
@@ -478,7 +501,7 @@ def conversations(draw: st.DrawFn) -> list[Event]:
     second = 0
     for mid in range(count):
         second += draw(st.integers(min_value=0, max_value=3))
-        role = draw(st.sampled_from(["user", "agent"]))
+        role = draw(st.sampled_from(ROLES))
         events.append(MessageUpdate(msg(mid, role, draw(_texts), second)))
     events.append(StatusChange(draw(st.sampled_from(list(AgentStatus)))))
     for _ in range(draw(st.integers(min_value=0, max_value=4))):
@@ -508,8 +531,12 @@ def test_replaying_the_same_connect_again_wants_nothing(
     events=st.lists(
         st.one_of(
             conversations().map(tuple),
-            st.builds(lambda m, t: (MessageUpdate(msg(m, "user", t, m)),), st.integers(0, 9), _texts),
-            st.builds(lambda m, t: (MessageUpdate(msg(m, "agent", t, m)),), st.integers(0, 9), _texts),
+            st.builds(
+                lambda m, t: (MessageUpdate(msg(m, "user", t, m)),), st.integers(0, 9), _texts
+            ),
+            st.builds(
+                lambda m, t: (MessageUpdate(msg(m, "agent", t, m)),), st.integers(0, 9), _texts
+            ),
         ),
         max_size=6,
     ),

@@ -346,6 +346,26 @@ async def test_a_flip_back_to_the_accepted_report_sends_nothing(
     assert await h.client.wait_calls(2) == [IDLE, working("after")]
 
 
+async def test_agent_warnings_are_logged_once_and_not_relayed(
+    make_relay: HarnessFactory,
+) -> None:
+    h = make_relay()
+    feed(h.relay, HISTORY)
+    await until(lambda: h.relay.accepted == IDLE)
+    warning = AgentError(ErrorLevel.WARNING, "Failed to restore previous session", at(5))
+    with capture_logs() as logs:
+        h.relay.observe(warning)
+        h.relay.observe(warning)  # replayed on a reconnect
+        h.relay.observe(AgentError(ErrorLevel.ERROR, "boom", at(6)))
+        reports = await h.client.wait_calls(2)
+    assert reports == [IDLE, StatusReport(AppState.FAILURE, "boom", "")]
+    agent_logs = [(e["event"], e["message"]) for e in logs if e["event"].startswith("relay.agent")]
+    assert agent_logs == [
+        ("relay.agent_warning", "Failed to restore previous session"),
+        ("relay.agent_error", "boom"),
+    ]
+
+
 # --- retries ----------------------------------------------------------------------------
 
 

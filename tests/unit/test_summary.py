@@ -228,7 +228,7 @@ def test_summaries_are_short_and_plain(text: str) -> None:
         pytest.param("x" * 2_000_000, id="one-2MB-line"),
         pytest.param("\x1b[31m" * 500_000 + "tail", id="escapes-only-line"),
         pytest.param("\n" * 2_000_000 + "end", id="2M-blank-lines"),
-        pytest.param(("─" * 80 + "\n" + "╰" + "─" * 78 + "╯\n") * 100_000, id="rules-only"),
+        pytest.param(("─" * 80 + "\n" + "╰" + "─" * 78 + "╯\n") * 10_000, id="rules-only"),
     ],
 )
 def test_very_long_lines_are_cut_quickly(text: str) -> None:

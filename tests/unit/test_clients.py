@@ -1,0 +1,213 @@
+"""Narrow HTTP client tests: what goes on the wire and how answers are classified."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from email.utils import formatdate
+from uuid import UUID
+
+import aiohttp
+import pytest
+from aioresponses import CallbackResult, aioresponses
+from yarl import URL
+
+from sidecar.agentapi.client import AgentapiClient, AgentapiError
+from sidecar.coder import CoderClient, Outcome
+from sidecar.models import AgentStatus, AppState
+from sidecar.token import TokenSource
+
+BASE = "https://coder.example.com"
+TASK = UUID("7c9e6679-7425-40de-944b-e07fc1f90ae7")
+TOKEN = "5f3b2a1c-0d4e-4f6a-8b7c-9d0e1f2a3b4c"
+SNAPSHOT_URL = f"{BASE}/api/v2/workspaceagents/me/tasks/{TASK}/log-snapshot?format=agentapi"
+STATUS_URL = f"{BASE}/api/v2/workspaceagents/me/app-status"
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def coder(session: aiohttp.ClientSession, now: float = 1_000_000.0) -> CoderClient:
+    return CoderClient(
+        session=session,
+        base_url=BASE + "/",
+        token=TokenSource(value=TOKEN),
+        timeout=2.0,
+        wall_clock=lambda: now,
+    )
+
+
+async def test_snapshot_request_on_the_wire(session: aiohttp.ClientSession) -> None:
+    body = b'{"messages":[]}'
+    with aioresponses() as m:
+        m.post(SNAPSHOT_URL, status=204)
+        result = await coder(session).post_log_snapshot(TASK, body)
+        (((method, url), calls),) = m.requests.items()
+    assert (method, url) == ("POST", URL(SNAPSHOT_URL))
+    kwargs = calls[0].kwargs
+    assert kwargs["data"] == body
+    assert kwargs["headers"]["Coder-Session-Token"] == TOKEN
+    assert kwargs["headers"]["Content-Type"] == "application/json"
+    assert kwargs["allow_redirects"] is False
+    assert result.ok
+    assert result.status == 204
+    assert result.detail == ""
+
+
+async def test_app_status_body(session: aiohttp.ClientSession) -> None:
+    with aioresponses() as m:
+        m.patch(STATUS_URL, status=200, payload={})
+        result = await coder(session).patch_app_status(
+            slug="claude-code", state=AppState.IDLE, message="✓ done", uri=""
+        )
+        call = next(iter(m.requests.values()))[0]
+    assert json.loads(call.kwargs["data"]) == {
+        "app_slug": "claude-code",
+        "state": "idle",
+        "message": "✓ done",
+        "uri": "",
+    }
+    assert result.outcome is Outcome.OK
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (400, Outcome.REJECTED),
+        (401, Outcome.UNAUTHORIZED),
+        (403, Outcome.UNAUTHORIZED),
+        (404, Outcome.NOT_FOUND),
+        (408, Outcome.RETRY),
+        (429, Outcome.RETRY),
+        (500, Outcome.RETRY),
+        (502, Outcome.RETRY),
+        (503, Outcome.RETRY),
+    ],
+)
+async def test_error_statuses_carry_the_server_message(
+    session: aiohttp.ClientSession, status: int, outcome: Outcome
+) -> None:
+    with aioresponses() as m:
+        m.post(SNAPSHOT_URL, status=status, payload={"message": "Nope.", "detail": "why"})
+        result = await coder(session).post_log_snapshot(TASK, b"{}")
+    assert result.outcome is outcome
+    assert result.status == status
+    assert result.detail == "Nope.: why"
+
+
+async def test_non_json_error_body(session: aiohttp.ClientSession) -> None:
+    with aioresponses() as m:
+        m.post(SNAPSHOT_URL, status=502, body=b"<html>Bad Gateway</html>")
+        result = await coder(session).post_log_snapshot(TASK, b"{}")
+    assert result.outcome is Outcome.RETRY
+    assert "Bad Gateway" in result.detail
+
+
+async def test_retry_after_seconds_and_date(session: aiohttp.ClientSession) -> None:
+    now = 1_700_000_000.0
+    with aioresponses() as m:
+        m.post(SNAPSHOT_URL, status=429, headers={"Retry-After": "7"})
+        m.post(SNAPSHOT_URL, status=503, headers={"Retry-After": formatdate(now + 30, usegmt=True)})
+        m.post(SNAPSHOT_URL, status=503, headers={"Retry-After": "soon-ish"})
+        client = coder(session, now=now)
+        first = await client.post_log_snapshot(TASK, b"{}")
+        second = await client.post_log_snapshot(TASK, b"{}")
+        third = await client.post_log_snapshot(TASK, b"{}")
+    assert first.retry_after == 7
+    assert second.retry_after == pytest.approx(30, abs=1)
+    assert third.retry_after is None
+
+
+async def test_connection_error_and_timeout_are_retryable(session: aiohttp.ClientSession) -> None:
+    with aioresponses() as m:
+        m.post(SNAPSHOT_URL, exception=aiohttp.ClientConnectionError("Connection refused"))
+        m.post(SNAPSHOT_URL, exception=TimeoutError())
+        client = coder(session)
+        refused = await client.post_log_snapshot(TASK, b"{}")
+        timed_out = await client.post_log_snapshot(TASK, b"{}")
+    assert (refused.outcome, refused.status) == (Outcome.RETRY, None)
+    assert "refused" in refused.detail
+    assert (timed_out.outcome, timed_out.detail) == (Outcome.RETRY, "timed out")
+
+
+async def test_per_call_timeout_only_shortens(session: aiohttp.ClientSession) -> None:
+    seen: list[aiohttp.ClientTimeout] = []
+
+    def record(url: URL, **kwargs: object) -> CallbackResult:
+        seen.append(kwargs["timeout"])  # type: ignore[arg-type]
+        return CallbackResult(status=204)
+
+    with aioresponses() as m:
+        m.post(SNAPSHOT_URL, callback=record, repeat=True)
+        client = coder(session)
+        await client.post_log_snapshot(TASK, b"{}", timeout=0.5)
+        await client.post_log_snapshot(TASK, b"{}", timeout=30)
+        await client.post_log_snapshot(TASK, b"{}")
+    assert [t.total for t in seen] == [0.5, 2.0, 2.0]
+
+
+async def test_rotated_token_is_sent(session: aiohttp.ClientSession, tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "token"
+    path.write_text(TOKEN)
+    source = TokenSource(path=path)
+    client = CoderClient(session=session, base_url=BASE, token=source)
+    new = "99999999-8888-4777-8666-555555555555"
+    path.write_text(new)
+    assert await client.reload_token() is True
+    with aioresponses() as m:
+        m.post(SNAPSHOT_URL, status=204)
+        await client.post_log_snapshot(TASK, b"{}")
+        call = next(iter(m.requests.values()))[0]
+    assert call.kwargs["headers"]["Coder-Session-Token"] == new
+
+
+async def test_agentapi_client(session: aiohttp.ClientSession) -> None:
+    base = "http://localhost:3284"
+    client = AgentapiClient(session=session, base_url=base)
+    with aioresponses() as m:
+        m.get(
+            base + "/status",
+            payload={"status": "running", "agent_type": "claude", "transport": "pty"},
+        )
+        m.get(
+            base + "/messages",
+            payload={
+                "messages": [
+                    {"id": 0, "content": "hi", "role": "user", "time": "2026-01-01T00:00:00Z"},
+                    {"id": 1, "content": "x", "role": "tool", "time": "2026-01-01T00:00:00Z"},
+                ]
+            },
+        )
+        m.get(base + "/status", status=500)
+        m.get(base + "/status", body=b"not json")
+        m.get(base + "/events", status=404)
+        assert await client.status() is AgentStatus.RUNNING
+        good, bad = await client.messages()
+        assert [msg.content for msg in good] == ["hi"]
+        assert [b.reason for b in bad] == ["role"]
+        with pytest.raises(AgentapiError, match="500"):
+            await client.status()
+        with pytest.raises(AgentapiError, match="json"):
+            await client.status()
+        with pytest.raises(AgentapiError) as info:
+            async with client.events():
+                pass
+        assert info.value.status == 404
+
+
+async def test_agentapi_unreachable(session: aiohttp.ClientSession) -> None:
+    client = AgentapiClient(session=session, base_url="http://localhost:3284")
+    with aioresponses() as m:
+        m.get("http://localhost:3284/status", exception=aiohttp.ClientConnectionError("refused"))
+        m.get("http://localhost:3284/events", exception=TimeoutError())
+        with pytest.raises(AgentapiError, match="refused") as info:
+            await client.status()
+        assert info.value.status is None
+        with pytest.raises(AgentapiError, match="timed out"):
+            async with client.events():
+                pass
