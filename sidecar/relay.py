@@ -34,7 +34,7 @@ from typing import Final, Protocol
 
 import structlog
 
-from sidecar.backoff import Backoff, Deadline
+from sidecar.backoff import Deadline
 from sidecar.coder import Outcome, Result
 from sidecar.metrics import Metrics
 from sidecar.models import (
@@ -49,6 +49,7 @@ from sidecar.models import (
     ReplayStarted,
     StatusChange,
 )
+from sidecar.retry import RetryPolicy
 from sidecar.summary import summarize_first_line, summarize_last_line, summarize_text
 
 __all__ = ["NOT_RESPONDING", "Relay", "RelayPolicy", "StatusClient", "StatusReport"]
@@ -339,8 +340,6 @@ class Relay:
     __slots__ = (
         "_accepted",
         "_attempt",
-        "_auth_backoff",
-        "_backoff",
         "_client",
         "_clock",
         "_grace",
@@ -349,10 +348,10 @@ class Relay:
         "_metrics",
         "_min_interval",
         "_not_before",
-        "_not_found_backoff",
         "_not_found_logged",
         "_policy",
         "_rejected",
+        "_retry",
         "_running",
         "_slug",
         "_stopped",
@@ -371,7 +370,7 @@ class Relay:
         metrics: Metrics,
         grace: float = 30.0,
         min_interval: float = 1.0,
-        backoff: Backoff | None = None,
+        retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not grace >= 0:
@@ -384,11 +383,7 @@ class Relay:
         self._metrics = metrics
         self._grace = grace
         self._min_interval = min_interval
-        self._backoff = backoff or Backoff(base=0.5, cap=30.0)
-        # 404: Coder too old or a proxy in the way; 401/403: a token that a new build
-        # invalidated. Neither heals in seconds.
-        self._not_found_backoff = Backoff(base=60.0, cap=600.0)
-        self._auth_backoff = Backoff(base=5.0, cap=300.0)
+        self._retry = retry or RetryPolicy()
         self._clock = clock
 
         self._accepted: StatusReport | None = None
@@ -560,16 +555,12 @@ class Relay:
             self._rejected = report
             self._attempt = 0
             return
+        changed = result.outcome is Outcome.UNAUTHORIZED and await self._reload_token()
+        delay = self._retry.delay(result, self._attempt, token_changed=changed)
         self._attempt += 1
         if result.outcome is Outcome.RETRY:
-            delay = (
-                result.retry_after
-                if result.retry_after is not None
-                else self._backoff.delay(self._attempt - 1)
-            )
             log.warning("relay.retry", detail=result.detail, retry_in_s=round(delay, 2), **fields)
         elif result.outcome is Outcome.NOT_FOUND:
-            delay = self._not_found_backoff.delay(self._attempt - 1) + 30.0
             if not self._not_found_logged:
                 log.error(
                     "relay.not_found",
@@ -581,9 +572,6 @@ class Relay:
                 )
                 self._not_found_logged = True
         else:
-            changed = await self._reload_token()
-            # A rotated token file makes waiting pointless.
-            delay = 0.0 if changed else self._auth_backoff.delay(self._attempt - 1) + 1.0
             log.error(
                 "relay.unauthorized",
                 detail=result.detail,

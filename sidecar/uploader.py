@@ -14,26 +14,23 @@ from uuid import UUID
 import structlog
 
 from sidecar import snapshot
-from sidecar.backoff import Backoff, Deadline
+from sidecar.backoff import Deadline
 from sidecar.coder import CoderClient, Outcome, Result
 from sidecar.metrics import Metrics
 from sidecar.mirror import Mirror
 from sidecar.models import SNAPSHOT_MAX_BYTES
+from sidecar.retry import RetryPolicy
 from sidecar.spool import Spool
 
 log = structlog.get_logger(__name__)
 
 # A turn that ended is posted promptly, but a flapping status must still not flood.
 _URGENT_MIN_GAP = 1.0
-# 404 means the task is gone or Coder predates the endpoint: minutes, not seconds.
-_NOT_FOUND_FLOOR_S = 60.0
 
 
 class Uploader:
     __slots__ = (
         "_attempt",
-        "_auth_backoff",
-        "_backoff",
         "_blocked_reason",
         "_blocked_until",
         "_body_cache",
@@ -47,11 +44,11 @@ class Uploader:
         "_max_bytes",
         "_metrics",
         "_mirror",
-        "_not_found_backoff",
         "_not_found_logged",
         "_pending_since",
         "_post_lock",
         "_rejected",
+        "_retry",
         "_spool",
         "_spooled",
         "_task_id",
@@ -70,9 +67,7 @@ class Uploader:
         interval: float,
         spool: Spool | None = None,
         max_bytes: int = SNAPSHOT_MAX_BYTES,
-        backoff: Backoff | None = None,
-        not_found_backoff: Backoff | None = None,
-        auth_backoff: Backoff | None = None,
+        retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -83,9 +78,7 @@ class Uploader:
         self._interval = interval
         self._spool = spool
         self._max_bytes = max_bytes
-        self._backoff = backoff or Backoff(base=0.5, cap=min(30.0, max(interval, 1.0) * 6))
-        self._not_found_backoff = not_found_backoff or Backoff(base=60.0, cap=540.0)
-        self._auth_backoff = auth_backoff or Backoff(base=5.0, cap=300.0)
+        self._retry = retry or RetryPolicy()
         self._clock = clock
         self._wall_clock = wall_clock
 
@@ -222,19 +215,14 @@ class Uploader:
             self._attempt = 0
             return
         self._mark_dirty()
+        delay = self._retry.delay(result, self._attempt)
         self._attempt += 1
         if result.outcome is Outcome.RETRY:
-            delay = (
-                result.retry_after
-                if result.retry_after is not None
-                else self._backoff.delay(self._attempt - 1)
-            )
             log.warning(
                 "snapshot.retry", detail=result.detail, retry_in_s=round(delay, 2), **fields
             )
             self._block(delay, None)
         elif result.outcome is Outcome.NOT_FOUND:
-            delay = _NOT_FOUND_FLOOR_S + self._not_found_backoff.delay(self._attempt - 1)
             if not self._not_found_logged:
                 log.error(
                     "snapshot.task_not_found",
@@ -247,7 +235,6 @@ class Uploader:
                 self._not_found_logged = True
             self._block(delay, "not_found")
         else:
-            delay = self._auth_backoff.delay(self._attempt - 1) + 1.0
             log.error(
                 "snapshot.unauthorized",
                 detail=result.detail,
@@ -317,15 +304,14 @@ class Uploader:
                     return True
                 if result.outcome is Outcome.REJECTED:
                     return False
-                if result.outcome is Outcome.UNAUTHORIZED:
-                    changed = await self._client.reload_token()
-                    delay = 0.0 if changed else self._backoff.delay(self._attempt - 1)
-                else:
-                    delay = (
-                        result.retry_after
-                        if result.retry_after is not None
-                        else self._backoff.delay(self._attempt - 1)
-                    )
+                changed = (
+                    result.outcome is Outcome.UNAUTHORIZED and await self._client.reload_token()
+                )
+                # At stop the transient schedule serves every failure: minutes-long 404 or
+                # 401 back-offs would only waste the budget the spool is waiting for.
+                delay = 0.0 if changed else self._retry.transient.delay(self._attempt - 1)
+                if result.outcome is Outcome.RETRY and result.retry_after is not None:
+                    delay = result.retry_after
                 # Give up when the next wait would pass the deadline, not after it.
                 if delay >= deadline.remaining():
                     return self._give_up()

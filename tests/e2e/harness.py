@@ -16,6 +16,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.fakes.coder import FakeCoder
+from tests.fakes.server import Served
+
 
 def sidecar_command() -> list[str]:
     exe = shutil.which("coder-task-sidecar")
@@ -35,6 +38,29 @@ def base_env(home: Path, **settings: str) -> dict[str, str]:
     }
     env.update(settings)
     return env
+
+
+def sidecar_env(
+    tmp_path: Path, agentapi_url: str, coder: Served[FakeCoder], **overrides: str
+) -> dict[str, str]:
+    """Settings that point a sidecar at the fakes, with short intervals for tests."""
+    settings = {
+        "CODER_AGENT_URL": coder.url,
+        "CODER_AGENT_TOKEN": coder.fake.token,
+        "CODER_TASK_ID": str(coder.fake.task_id),
+        "CODER_MCP_AI_AGENTAPI_URL": agentapi_url,
+        "SIDECAR_STATE_DIR": str(tmp_path / "state"),
+        "SIDECAR_SNAPSHOT_INTERVAL": "0.3",
+        "SIDECAR_SHUTDOWN_TIMEOUT": "3",
+        "SIDECAR_AGENTAPI_PROBE_INTERVAL": "0.3",
+    }
+    settings.update(overrides)
+    return base_env(tmp_path, **settings)
+
+
+def stored_contents(coder: FakeCoder) -> list[str] | None:
+    stored = coder.stored_snapshot()
+    return None if stored is None else [m["content"] for m in stored["messages"]]
 
 
 class SidecarProcess:
@@ -127,4 +153,11 @@ async def run_to_exit(
     return code, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
 
 
-__all__ = ["SidecarProcess", "base_env", "run_to_exit", "sidecar_command"]
+__all__ = [
+    "SidecarProcess",
+    "base_env",
+    "run_to_exit",
+    "sidecar_command",
+    "sidecar_env",
+    "stored_contents",
+]

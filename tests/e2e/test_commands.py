@@ -7,30 +7,10 @@ import uuid
 from pathlib import Path
 
 from tests.e2e.conftest import SidecarFactory
-from tests.e2e.harness import base_env, run_to_exit
+from tests.e2e.harness import run_to_exit, sidecar_env, stored_contents
 from tests.fakes.agentapi import FakeAgentapi
 from tests.fakes.coder import FakeCoder
 from tests.fakes.server import Served
-
-
-def env_for(
-    tmp_path: Path, agentapi_url: str, coder: Served[FakeCoder], **extra: str
-) -> dict[str, str]:
-    settings = {
-        "CODER_AGENT_URL": coder.url,
-        "CODER_AGENT_TOKEN": coder.fake.token,
-        "CODER_TASK_ID": str(coder.fake.task_id),
-        "CODER_MCP_AI_AGENTAPI_URL": agentapi_url,
-        "SIDECAR_STATE_DIR": str(tmp_path / "state"),
-        "SIDECAR_SHUTDOWN_TIMEOUT": "2",
-    }
-    settings.update(extra)
-    return base_env(tmp_path, **settings)
-
-
-def contents(coder: FakeCoder) -> list[str] | None:
-    stored = coder.stored_snapshot()
-    return None if stored is None else [m["content"] for m in stored["messages"]]
 
 
 async def dead_url(fake_agentapi: Served[FakeAgentapi]) -> str:
@@ -45,10 +25,10 @@ async def test_snapshot_posts_and_exits_zero(
     for i in range(12):
         fake_agentapi.fake.add_message("user" if i % 2 == 0 else "agent", f"message {i}")
     code, _out, err = await run_to_exit(
-        env_for(tmp_path, fake_agentapi.url, fake_coder), ["snapshot"]
+        sidecar_env(tmp_path, fake_agentapi.url, fake_coder), ["snapshot"]
     )
     assert code == 0, err
-    assert contents(fake_coder.fake) == [f"message {i}" for i in range(2, 12)]
+    assert stored_contents(fake_coder.fake) == [f"message {i}" for i in range(2, 12)]
     assert len(fake_coder.fake.snapshot_posts()) == 1
 
 
@@ -60,17 +40,17 @@ async def test_snapshot_falls_back_to_the_state_file(
     fake_agentapi.fake.write_state_file(state)
     url = await dead_url(fake_agentapi)
     code, _out, err = await run_to_exit(
-        env_for(tmp_path, url, fake_coder, AGENTAPI_STATE_FILE=str(state)), ["snapshot"]
+        sidecar_env(tmp_path, url, fake_coder, AGENTAPI_STATE_FILE=str(state)), ["snapshot"]
     )
     assert code == 0, err
-    assert contents(fake_coder.fake) == ["saved on exit"]
+    assert stored_contents(fake_coder.fake) == ["saved on exit"]
 
 
 async def test_snapshot_with_nothing_to_post_exits_zero(
     tmp_path: Path, fake_agentapi: Served[FakeAgentapi], fake_coder: Served[FakeCoder]
 ) -> None:
     url = await dead_url(fake_agentapi)
-    code, _out, err = await run_to_exit(env_for(tmp_path, url, fake_coder), ["snapshot"])
+    code, _out, err = await run_to_exit(sidecar_env(tmp_path, url, fake_coder), ["snapshot"])
     assert code == 0, err
     assert fake_coder.fake.snapshot_posts() == []
     assert "oneshot.nothing_to_post" in err
@@ -86,7 +66,7 @@ async def test_snapshot_with_coder_down_spools_then_the_daemon_delivers_it(
     coder_url = fake_coder.url
     await fake_coder.server.stop()
     code, _out, err = await run_to_exit(
-        env_for(tmp_path, fake_agentapi.url, fake_coder), ["snapshot"]
+        sidecar_env(tmp_path, fake_agentapi.url, fake_coder), ["snapshot"]
     )
     assert code == 1
     assert "spool.written" in err
@@ -97,8 +77,10 @@ async def test_snapshot_with_coder_down_spools_then_the_daemon_delivers_it(
     agentapi_url = await dead_url(fake_agentapi)
     await fake_coder.server.start()
     assert fake_coder.url == coder_url
-    proc = await start_sidecar(env_for(tmp_path, agentapi_url, fake_coder))
-    await fake_coder.fake.wait_for(lambda: contents(fake_coder.fake) == ["do not lose me"], 10)
+    proc = await start_sidecar(sidecar_env(tmp_path, agentapi_url, fake_coder))
+    await fake_coder.fake.wait_for(
+        lambda: stored_contents(fake_coder.fake) == ["do not lose me"], 10
+    )
     await proc.wait_log("spool.cleared")
     assert not spooled.exists()
     proc.signal(signal.SIGTERM)
@@ -111,7 +93,9 @@ async def test_check_reports_ok(
     fake_agentapi.fake.add_message("user", "hi")
     fake_agentapi.fake.add_message("agent", "hello")
     code, out, err = await run_to_exit(
-        env_for(tmp_path, fake_agentapi.url, fake_coder, CODER_MCP_APP_STATUS_SLUG="claude-code"),
+        sidecar_env(
+            tmp_path, fake_agentapi.url, fake_coder, CODER_MCP_APP_STATUS_SLUG="claude-code"
+        ),
         ["check"],
     )
     assert code == 0, out + err
@@ -129,7 +113,7 @@ async def test_check_fails_clearly(
     tmp_path: Path, fake_agentapi: Served[FakeAgentapi], fake_coder: Served[FakeCoder]
 ) -> None:
     url = await dead_url(fake_agentapi)
-    env = env_for(
+    env = sidecar_env(
         tmp_path,
         url,
         fake_coder,

@@ -10,32 +10,10 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import SidecarFactory
-from tests.e2e.harness import SidecarProcess, base_env
+from tests.e2e.harness import SidecarProcess, base_env, sidecar_env, stored_contents
 from tests.fakes.agentapi import FakeAgentapi
 from tests.fakes.coder import FakeCoder
 from tests.fakes.server import Served
-
-
-def env_for(
-    tmp_path: Path, agentapi: Served[FakeAgentapi], coder: Served[FakeCoder], **extra: str
-) -> dict[str, str]:
-    settings = {
-        "CODER_AGENT_URL": coder.url,
-        "CODER_AGENT_TOKEN": coder.fake.token,
-        "CODER_TASK_ID": str(coder.fake.task_id),
-        "CODER_MCP_AI_AGENTAPI_URL": agentapi.url,
-        "SIDECAR_STATE_DIR": str(tmp_path / "state"),
-        "SIDECAR_SNAPSHOT_INTERVAL": "0.5",
-        "SIDECAR_SHUTDOWN_TIMEOUT": "5",
-        "SIDECAR_AGENTAPI_PROBE_INTERVAL": "0.5",
-    }
-    settings.update(extra)
-    return base_env(tmp_path, **settings)
-
-
-def stored_contents(coder: FakeCoder) -> list[str] | None:
-    stored = coder.stored_snapshot()
-    return None if stored is None else [m["content"] for m in stored["messages"]]
 
 
 async def metric(url: str, name: str, **labels: str) -> float:
@@ -66,7 +44,7 @@ async def test_snapshot_follows_the_conversation(
     agentapi, coder = fake_agentapi.fake, fake_coder.fake
     agentapi.add_message("agent", "Hello! Ready to help.")
     agentapi.add_message("user", "Fix the tests")
-    proc = await start_sidecar(env_for(tmp_path, fake_agentapi, fake_coder))
+    proc = await start_sidecar(sidecar_env(tmp_path, fake_agentapi.url, fake_coder))
     await coder.wait_for(
         lambda: stored_contents(coder) == ["Hello! Ready to help.", "Fix the tests"], timeout=10
     )
@@ -92,9 +70,9 @@ async def test_sigterm_posts_the_newest_content_and_exits_zero(
     agentapi.add_message("user", "Summarize the repo")
     http = "127.0.0.1:0"
     proc = await start_sidecar(
-        env_for(
+        sidecar_env(
             tmp_path,
-            fake_agentapi,
+            fake_agentapi.url,
             fake_coder,
             SIDECAR_SNAPSHOT_INTERVAL="600",
             SIDECAR_HTTP_ADDR=http,
@@ -125,9 +103,9 @@ async def test_sigterm_after_agentapi_died_still_posts_last_known_conversation(
     agentapi, coder = fake_agentapi.fake, fake_coder.fake
     agentapi.add_message("user", "Write a haiku")
     proc = await start_sidecar(
-        env_for(
+        sidecar_env(
             tmp_path,
-            fake_agentapi,
+            fake_agentapi.url,
             fake_coder,
             SIDECAR_SNAPSHOT_INTERVAL="600",
             SIDECAR_HTTP_ADDR="127.0.0.1:0",
@@ -156,7 +134,7 @@ async def test_second_signal_during_flush_forces_exit_and_spools(
     agentapi, coder = fake_agentapi.fake, fake_coder.fake
     agentapi.add_message("user", "hello")
     proc = await start_sidecar(
-        env_for(tmp_path, fake_agentapi, fake_coder, SIDECAR_SHUTDOWN_TIMEOUT="60")
+        sidecar_env(tmp_path, fake_agentapi.url, fake_coder, SIDECAR_SHUTDOWN_TIMEOUT="60")
     )
     await coder.wait_for(lambda: stored_contents(coder) == ["hello"], timeout=10)
     coder.fail_next(503, times=10_000)
@@ -183,7 +161,7 @@ async def test_token_never_appears_in_output(
     token_file = tmp_path / "token"
     token_file.write_text(coder.token + "\n")
     token_file.chmod(0o644)  # also makes it warn about the file mode
-    env = env_for(tmp_path, fake_agentapi, fake_coder, SIDECAR_LOG_LEVEL="debug")
+    env = sidecar_env(tmp_path, fake_agentapi.url, fake_coder, SIDECAR_LOG_LEVEL="debug")
     del env["CODER_AGENT_TOKEN"]
     env["CODER_AGENT_TOKEN_FILE"] = str(token_file)
     old = coder.token

@@ -7,29 +7,18 @@ import signal
 from pathlib import Path
 
 from tests.e2e.conftest import SidecarFactory
-from tests.e2e.harness import base_env
+from tests.e2e.harness import sidecar_env
 from tests.fakes.agentapi import FakeAgentapi
 from tests.fakes.coder import FakeCoder
 from tests.fakes.server import Served
 
 
-def env_for(
-    tmp_path: Path, agentapi: Served[FakeAgentapi], coder: Served[FakeCoder], **extra: str
+def relay_env(
+    tmp_path: Path, agentapi_url: str, coder: Served[FakeCoder], **overrides: str
 ) -> dict[str, str]:
-    settings = {
-        "CODER_AGENT_URL": coder.url,
-        "CODER_AGENT_TOKEN": coder.fake.token,
-        "CODER_TASK_ID": str(coder.fake.task_id),
-        "CODER_MCP_APP_STATUS_SLUG": "claude-code",
-        "CODER_MCP_AI_AGENTAPI_URL": agentapi.url,
-        "SIDECAR_STATE_DIR": str(tmp_path / "state"),
-        "SIDECAR_SNAPSHOT_INTERVAL": "0.3",
-        "SIDECAR_SHUTDOWN_TIMEOUT": "3",
-        "SIDECAR_AGENTAPI_PROBE_INTERVAL": "0.3",
-        "SIDECAR_RELAY_GRACE": "1",
-    }
-    settings.update(extra)
-    return base_env(tmp_path, **settings)
+    settings = {"CODER_MCP_APP_STATUS_SLUG": "claude-code", "SIDECAR_RELAY_GRACE": "1"}
+    settings.update(overrides)
+    return sidecar_env(tmp_path, agentapi_url, coder, **settings)
 
 
 def states(coder: FakeCoder) -> list[tuple[str, str]]:
@@ -44,7 +33,7 @@ async def test_relay_reports_turns_errors_and_death(
 ) -> None:
     agentapi, coder = fake_agentapi.fake, fake_coder.fake
     agentapi.add_message("agent", "Ready when you are.")
-    proc = await start_sidecar(env_for(tmp_path, fake_agentapi, fake_coder))
+    proc = await start_sidecar(relay_env(tmp_path, fake_agentapi.url, fake_coder))
     await coder.wait_for(lambda: len(coder.app_statuses) == 1, 10)
     assert states(coder)[0][0] == "idle"
 
@@ -86,7 +75,7 @@ async def test_relay_on_stop_sends_the_configured_state(
     agentapi, coder = fake_agentapi.fake, fake_coder.fake
     agentapi.add_message("agent", "All done here.")
     proc = await start_sidecar(
-        env_for(tmp_path, fake_agentapi, fake_coder, SIDECAR_RELAY_ON_STOP="complete")
+        relay_env(tmp_path, fake_agentapi.url, fake_coder, SIDECAR_RELAY_ON_STOP="complete")
     )
     await coder.wait_for(lambda: len(coder.app_statuses) == 1, 10)
     proc.signal(signal.SIGTERM)
@@ -102,7 +91,7 @@ async def test_unknown_slug_is_reported_and_not_retried(
 ) -> None:
     fake_agentapi.fake.add_message("agent", "hello")
     proc = await start_sidecar(
-        env_for(tmp_path, fake_agentapi, fake_coder, CODER_MCP_APP_STATUS_SLUG="no-such-app")
+        relay_env(tmp_path, fake_agentapi.url, fake_coder, CODER_MCP_APP_STATUS_SLUG="no-such-app")
     )
     rejected = await proc.wait_log("relay.rejected")
     assert rejected["status"] == 400

@@ -13,32 +13,10 @@ import aiohttp
 import pytest
 
 from tests.e2e.conftest import SidecarFactory
-from tests.e2e.harness import base_env
+from tests.e2e.harness import sidecar_env, stored_contents
 from tests.fakes.agentapi import FakeAgentapi
 from tests.fakes.coder import FakeCoder
 from tests.fakes.server import Served
-
-
-def env_for(
-    tmp_path: Path, agentapi_url: str, coder: Served[FakeCoder], **extra: str
-) -> dict[str, str]:
-    settings = {
-        "CODER_AGENT_URL": coder.url,
-        "CODER_AGENT_TOKEN": coder.fake.token,
-        "CODER_TASK_ID": str(coder.fake.task_id),
-        "CODER_MCP_AI_AGENTAPI_URL": agentapi_url,
-        "SIDECAR_STATE_DIR": str(tmp_path / "state"),
-        "SIDECAR_SNAPSHOT_INTERVAL": "0.3",
-        "SIDECAR_SHUTDOWN_TIMEOUT": "3",
-        "SIDECAR_AGENTAPI_PROBE_INTERVAL": "0.3",
-    }
-    settings.update(extra)
-    return base_env(tmp_path, **settings)
-
-
-def contents(coder: FakeCoder) -> list[str] | None:
-    stored = coder.stored_snapshot()
-    return None if stored is None else [m["content"] for m in stored["messages"]]
 
 
 @pytest.fixture
@@ -74,7 +52,9 @@ async def test_sd_notify_lifecycle(
     sock, path = notify_socket
     fake_agentapi.fake.add_message("user", "hi")
     proc = await start_sidecar(
-        env_for(tmp_path, fake_agentapi.url, fake_coder, NOTIFY_SOCKET=path, WATCHDOG_USEC="400000")
+        sidecar_env(
+            tmp_path, fake_agentapi.url, fake_coder, NOTIFY_SOCKET=path, WATCHDOG_USEC="400000"
+        )
     )
     seen: list[dict[str, str]] = []
     ready = await receive_until(sock, "READY", seen)
@@ -102,12 +82,12 @@ async def test_health_endpoints_over_http(
 ) -> None:
     fake_agentapi.fake.add_message("user", "hi")
     proc = await start_sidecar(
-        env_for(tmp_path, fake_agentapi.url, fake_coder, SIDECAR_HTTP_ADDR="127.0.0.1:0")
+        sidecar_env(tmp_path, fake_agentapi.url, fake_coder, SIDECAR_HTTP_ADDR="127.0.0.1:0")
     )
     listening = await proc.wait_log("health.listening")
     assert listening["host"] == "127.0.0.1"
     base = f"http://127.0.0.1:{listening['port']}"
-    await fake_coder.fake.wait_for(lambda: contents(fake_coder.fake) == ["hi"], 10)
+    await fake_coder.fake.wait_for(lambda: stored_contents(fake_coder.fake) == ["hi"], 10)
     async with aiohttp.ClientSession() as http:
         async with http.get(base + "/healthz") as resp:
             assert resp.status == 200
@@ -140,13 +120,17 @@ async def test_state_file_speaks_while_agentapi_is_down(
     agentapi.write_state_file(state)
     url = fake_agentapi.url
     await fake_agentapi.server.stop()
-    proc = await start_sidecar(env_for(tmp_path, url, fake_coder, AGENTAPI_STATE_FILE=str(state)))
-    await fake_coder.fake.wait_for(lambda: contents(fake_coder.fake) == ["from the state file"], 10)
+    proc = await start_sidecar(
+        sidecar_env(tmp_path, url, fake_coder, AGENTAPI_STATE_FILE=str(state))
+    )
+    await fake_coder.fake.wait_for(
+        lambda: stored_contents(fake_coder.fake) == ["from the state file"], 10
+    )
     # agentapi rewrites the file by rename (SIGUSR1 or its own shutdown): picked up.
     agentapi.add_message("agent", "written later")
     agentapi.write_state_file(state)
     await fake_coder.fake.wait_for(
-        lambda: contents(fake_coder.fake) == ["from the state file", "written later"], 10
+        lambda: stored_contents(fake_coder.fake) == ["from the state file", "written later"], 10
     )
     # A half-written or foreign file is reported and ignored: the snapshot stays.
     state.write_text('{"version": 1, "messages": [')
@@ -157,8 +141,12 @@ async def test_state_file_speaks_while_agentapi_is_down(
     await fake_agentapi.server.start()
     agentapi.add_message("user", "live again")
     await fake_coder.fake.wait_for(
-        lambda: (contents(fake_coder.fake) or [""])[-1] == "live again", 10
+        lambda: (stored_contents(fake_coder.fake) or [""])[-1] == "live again", 10
     )
     proc.signal(signal.SIGTERM)
     assert await proc.wait() == 0
-    assert contents(fake_coder.fake) == ["from the state file", "written later", "live again"]
+    assert stored_contents(fake_coder.fake) == [
+        "from the state file",
+        "written later",
+        "live again",
+    ]

@@ -21,6 +21,7 @@ from sidecar.coder import CoderClient
 from sidecar.hub import Hub
 from sidecar.metrics import Metrics
 from sidecar.mirror import Mirror
+from sidecar.retry import RetryPolicy
 from sidecar.spool import Spool
 from sidecar.token import TokenSource
 from sidecar.uploader import Uploader
@@ -92,8 +93,9 @@ async def make_pipeline(
             metrics=metrics,
             interval=interval,
             spool=Spool(tmp_path / "spool", coder.fake.task_id),
-            backoff=Backoff(base=0.05, cap=0.2),
-            auth_backoff=Backoff(base=0.1, cap=0.2),
+            retry=RetryPolicy(
+                transient=Backoff(base=0.05, cap=0.2), auth=Backoff(base=0.1, cap=0.2)
+            ),
         )
         hub = Hub(mirror=mirror, uploader=uploader, relay=None)
         source = AgentapiSource(

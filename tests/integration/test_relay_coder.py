@@ -30,6 +30,7 @@ from sidecar.models import (
     StatusChange,
 )
 from sidecar.relay import Relay, RelayPolicy
+from sidecar.retry import RetryPolicy
 from sidecar.token import TokenSource
 from tests.conftest import CoderFactory
 from tests.fakes.coder import FakeCoder, RecordedRequest
@@ -103,7 +104,10 @@ async def make_setup(
         token = TokenSource(path=token_file)
         session = aiohttp.ClientSession()
         sessions.append(session)
-        options: dict[str, Any] = {"min_interval": 0.0, "backoff": Backoff(base=0.01, cap=0.05)}
+        options: dict[str, Any] = {
+            "min_interval": 0.0,
+            "retry": RetryPolicy(transient=Backoff(base=0.01, cap=0.05)),
+        }
         options.update(relay_kw)
         metrics = Metrics()
         relay = Relay(

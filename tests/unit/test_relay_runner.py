@@ -34,6 +34,7 @@ from sidecar.models import (
     StatusChange,
 )
 from sidecar.relay import NOT_RESPONDING, Relay, RelayPolicy, StatusReport
+from sidecar.retry import RetryPolicy
 
 DEADLINE = 5.0
 SLUG = "claude-code"
@@ -205,7 +206,7 @@ async def make_relay() -> AsyncIterator[HarnessFactory]:
         metrics = Metrics()
         options: dict[str, Any] = {
             "min_interval": 0.0,
-            "backoff": Backoff(base=0.0, cap=0.0),
+            "retry": RetryPolicy(transient=Backoff(base=0.0, cap=0.0)),
             "grace": 30.0,
         }
         options.update(kwargs)
@@ -439,7 +440,7 @@ async def test_retry_after_is_honoured(make_relay: HarnessFactory) -> None:
 
 
 async def test_backoff_grows_between_retries(make_relay: HarnessFactory) -> None:
-    h = make_relay(backoff=Backoff(base=1000.0, cap=1000.0))
+    h = make_relay(retry=RetryPolicy(transient=Backoff(base=1000.0, cap=1000.0)))
     h.client.results(fail(500))
     feed(h.relay, HISTORY)
     await until(lambda: h.count("retry") == 1)
@@ -633,7 +634,7 @@ async def test_stop_retries_within_its_deadline(make_relay: HarnessFactory) -> N
 
 
 async def test_stop_gives_up_at_its_deadline(make_relay: HarnessFactory) -> None:
-    h = make_relay(backoff=Backoff(base=0.05, cap=0.05))
+    h = make_relay(retry=RetryPolicy(transient=Backoff(base=0.05, cap=0.05)))
     h.client.results(*[fail(503)] * 1000)
     started = time.monotonic()
     with capture_logs() as logs:

@@ -15,6 +15,7 @@ from sidecar.coder import Outcome, Result, classify
 from sidecar.metrics import Metrics
 from sidecar.mirror import Mirror
 from sidecar.models import Message, MessageUpdate
+from sidecar.retry import RetryPolicy
 from sidecar.spool import Spool
 from sidecar.uploader import Uploader
 
@@ -73,7 +74,7 @@ async def rig(
         client = RecordingClient()
         mirror = Mirror(10)
         kw.setdefault("spool", Spool(tmp_path, TASK))
-        kw.setdefault("backoff", Backoff(base=0.01, cap=0.05))
+        kw.setdefault("retry", RetryPolicy(transient=Backoff(base=0.01, cap=0.05)))
         uploader = Uploader(
             client=client,  # type: ignore[arg-type]
             task_id=TASK,
@@ -162,7 +163,9 @@ async def test_5xx_is_retried_with_the_newest_body(
 async def test_failure_spools_the_body(
     rig: Callable[..., tuple[RecordingClient, Mirror, Uploader]], tmp_path: Path
 ) -> None:
-    client, mirror, uploader = rig(interval=0.05, backoff=Backoff(base=60, cap=60))
+    client, mirror, uploader = rig(
+        interval=0.05, retry=RetryPolicy(transient=Backoff(base=60, cap=60))
+    )
     client.script = [result(502)]
     put(mirror, uploader, 0, "keep me")
     await client.wait_posts(1)

@@ -1,0 +1,44 @@
+"""How long to wait after a failed call to Coder: one schedule for snapshots and statuses.
+
+Pure. The outcome decides the regime: a transient failure retries in seconds (or when
+`Retry-After` says), a 404 in minutes (the task is unknown or Coder predates the
+endpoint, neither of which heals quickly), a 401/403 at once when the token file has
+changed and with a slow back-off otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sidecar.backoff import Backoff
+from sidecar.coder import Outcome, Result
+
+NOT_FOUND_FLOOR_S: Final = 60.0
+UNAUTHORIZED_FLOOR_S: Final = 1.0
+
+
+class RetryPolicy:
+    __slots__ = ("auth", "not_found", "transient")
+
+    def __init__(
+        self,
+        *,
+        transient: Backoff | None = None,
+        not_found: Backoff | None = None,
+        auth: Backoff | None = None,
+    ) -> None:
+        self.transient = transient or Backoff(base=0.5, cap=30.0)
+        self.not_found = not_found or Backoff(base=60.0, cap=540.0)
+        self.auth = auth or Backoff(base=5.0, cap=300.0)
+
+    def delay(self, result: Result, attempt: int, *, token_changed: bool = False) -> float:
+        """Seconds before the next try; `attempt` counts failures so far, from 0."""
+        if result.outcome is Outcome.RETRY:
+            if result.retry_after is not None:
+                return result.retry_after
+            return self.transient.delay(attempt)
+        if result.outcome is Outcome.NOT_FOUND:
+            return NOT_FOUND_FLOOR_S + self.not_found.delay(attempt)
+        if result.outcome is Outcome.UNAUTHORIZED:
+            return 0.0 if token_changed else UNAUTHORIZED_FLOOR_S + self.auth.delay(attempt)
+        raise ValueError(f"{result.outcome.value} is final, not retried")
