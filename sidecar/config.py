@@ -16,7 +16,7 @@ from uuid import UUID
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from sidecar.health import parse_http_addr
+from sidecar.addr import parse_http_addr
 from sidecar.models import SNAPSHOT_MAX_BYTES, AppState
 from sidecar.token import TokenError, read_token_file
 

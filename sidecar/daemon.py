@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
@@ -29,6 +30,7 @@ from sidecar.spool import Spool
 from sidecar.systemd import Notifier
 from sidecar.token import TokenSource
 from sidecar.uploader import Uploader
+from sidecar.watch import watch_file
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +64,23 @@ async def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
         except Exception:
             log.exception("task.crashed", task=name, restart_in_s=_CRASH_RESTART_S)
             await asyncio.sleep(_CRASH_RESTART_S)
+
+
+def _token_watcher(
+    token: TokenSource,
+    path: Path,
+    users: Iterable[Uploader | Relay | None],
+    stop: asyncio.Event,
+) -> Callable[[], Awaitable[None]]:
+    """Re-read a rotated token file at once, so a 401 back-off does not outlive it."""
+    waiting = [user for user in users if user is not None]
+
+    def changed() -> None:
+        if token.reload():
+            for user in waiting:
+                user.credentials_changed()
+
+    return lambda: watch_file(path, changed, stop)
 
 
 class Daemon:
@@ -98,7 +117,12 @@ class Daemon:
             mirror = Mirror(s.sidecar_snapshot_max_messages)
             uploader = self._make_uploader(coder, mirror)
             relay = self._make_relay(coder)
-            hub = Hub(mirror=mirror, uploader=uploader, relay=relay)
+            # A body spooled at the last stop is as new as its file: an older state file
+            # must not replace it.
+            recovered_at = uploader.recovered_at if uploader is not None else None
+            hub = Hub(
+                mirror=mirror, uploader=uploader, relay=relay, last_live_at=recovered_at or 0.0
+            )
             agentapi = AgentapiSource(
                 client=AgentapiClient(session=session, base_url=s.coder_mcp_ai_agentapi_url),
                 listener=hub,
@@ -117,15 +141,18 @@ class Daemon:
             health = self._make_health(hub, uploader, statefile)
             if health is not None:
                 await health.start()
-            watchdog_stop = asyncio.Event()
+            stopping = asyncio.Event()
             tasks = [asyncio.create_task(_supervise("agentapi", agentapi.run))]
+            if token.path is not None:
+                watch_token = _token_watcher(token, token.path, (uploader, relay), stopping)
+                tasks.append(asyncio.create_task(_supervise("token", watch_token)))
             if statefile is not None:
                 tasks.append(asyncio.create_task(_supervise("statefile", statefile.run)))
             if uploader is not None:
                 tasks.append(asyncio.create_task(_supervise("uploader", uploader.run)))
             if relay is not None:
                 tasks.append(asyncio.create_task(_supervise("relay", relay.run)))
-            tasks.append(asyncio.create_task(notifier.watchdog_loop(watchdog_stop)))
+            tasks.append(asyncio.create_task(notifier.watchdog_loop(stopping)))
             log.info(
                 "daemon.started",
                 agentapi=s.coder_mcp_ai_agentapi_url,
@@ -142,7 +169,7 @@ class Daemon:
             deadline = Deadline(s.sidecar_shutdown_timeout)
             notifier.stopping("flushing the final snapshot")
             notifier.extend_timeout(s.sidecar_shutdown_timeout + 5)
-            watchdog_stop.set()
+            stopping.set()
             if statefile is not None:
                 statefile.stop()
             for task in tasks:

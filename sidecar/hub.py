@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -23,9 +23,6 @@ if TYPE_CHECKING:
     from sidecar.relay import Relay
 
 log = structlog.get_logger(__name__)
-
-# Slack for clocks: a state file written this close to the last live event is as new.
-_STATEFILE_SLACK_S: Final = 1.0
 
 
 @dataclass(slots=True)
@@ -41,6 +38,8 @@ class Hub:
 
     def on_event(self, event: Event) -> None:
         self.last_live_at = self.wall_clock()
+        # Whatever the state file said before this is older than what agentapi says now.
+        self.statefile_backlog = None
         self._apply(event)
 
     def _apply(self, event: Event) -> None:
@@ -70,7 +69,7 @@ class Hub:
             self.statefile_backlog = read
             return
         self.statefile_backlog = None
-        if read.mtime + _STATEFILE_SLACK_S < self.last_live_at:
+        if read.mtime < self.last_live_at:
             log.info("statefile.stale", note="older than the live conversation; ignored")
             return
         self._apply(read.conversation)

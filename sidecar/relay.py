@@ -165,8 +165,8 @@ class RelayPolicy:
                 self._replay.put(event.message)
             elif event.message.role == "user":
                 self._take_user(event.message)
-            else:
-                self._take_agent(event.message)
+            elif not self._take_agent(event.message):
+                return None  # the hot path while the agent streams: nothing to derive
         elif isinstance(event, StatusChange):
             # The first status after a (re)connect ends agentapi's replay.
             self._commit_replay()
@@ -234,18 +234,21 @@ class RelayPolicy:
             self._user = msg
             self._user_summary = summarize_first_line(msg.content)
 
-    def _take_agent(self, msg: Message) -> None:
+    def _take_agent(self, msg: Message) -> bool:
+        """Track the newest agent reply; True when the idle summary was recomputed."""
         if msg.id < self._agent_id:
-            return
+            return False
         self._agent_id = msg.id
         if msg.content == self._agent_content:
-            return
+            return False
         self._agent_content = msg.content
         # agentapi emits a tick's status before its messages, so the final text of a turn
         # may arrive just after `stable`. While running it changes many times a second
         # (also when a person types), and nothing is summarized then.
         if self._status is AgentStatus.STABLE:
             self._idle_summary = summarize_last_line(msg.content)
+            return True
+        return False
 
     def _commit_replay(self) -> None:
         replay = self._replay
@@ -339,7 +342,6 @@ class Relay:
 
     __slots__ = (
         "_accepted",
-        "_attempt",
         "_client",
         "_clock",
         "_grace",
@@ -388,7 +390,6 @@ class Relay:
 
         self._accepted: StatusReport | None = None
         self._rejected: StatusReport | None = None
-        self._attempt = 0
         self._last_patch_at = float("-inf")
         self._not_before = float("-inf")
         self._not_found_logged = False
@@ -428,6 +429,12 @@ class Relay:
             else:
                 # Replayed on the first connect, from a request since followed up.
                 log.debug("relay.agent_error_superseded", **fields)
+
+    def credentials_changed(self) -> None:
+        """The token file was rotated: a 401 back-off in progress is pointless now."""
+        if self._retry.last_outcome is Outcome.UNAUTHORIZED:
+            self._not_before = float("-inf")
+            self._wake.set()
 
     def set_agent_reachable(self, reachable: bool) -> None:
         if not reachable:
@@ -534,12 +541,12 @@ class Relay:
             "state": str(report.state),
             "status": result.status,
             "latency_ms": round(result.latency_ms, 1),
-            "attempt": self._attempt + 1,
+            "attempt": self._retry.failures + 1,
         }
         if result.outcome is Outcome.OK:
             log.info("relay.patched", **fields)
             self._accepted = report
-            self._attempt = 0
+            self._retry.succeeded()
             self._not_before = float("-inf")
             self._not_found_logged = False
             return
@@ -553,11 +560,10 @@ class Relay:
                 **fields,
             )
             self._rejected = report
-            self._attempt = 0
+            self._retry.succeeded()
             return
         changed = result.outcome is Outcome.UNAUTHORIZED and await self._reload_token()
-        delay = self._retry.delay(result, self._attempt, token_changed=changed)
-        self._attempt += 1
+        delay = self._retry.failed(result, token_changed=changed)
         if result.outcome is Outcome.RETRY:
             log.warning("relay.retry", detail=result.detail, retry_in_s=round(delay, 2), **fields)
         elif result.outcome is Outcome.NOT_FOUND:

@@ -18,7 +18,10 @@ UNAUTHORIZED_FLOOR_S: Final = 1.0
 
 
 class RetryPolicy:
-    __slots__ = ("auth", "not_found", "transient")
+    """Back-off schedules plus the current run of failures. One instance per caller: the
+    uploader and the relay fail independently."""
+
+    __slots__ = ("_outcome", "_streak", "auth", "failures", "not_found", "transient")
 
     def __init__(
         self,
@@ -30,6 +33,28 @@ class RetryPolicy:
         self.transient = transient or Backoff(base=0.5, cap=30.0)
         self.not_found = not_found or Backoff(base=60.0, cap=540.0)
         self.auth = auth or Backoff(base=5.0, cap=300.0)
+        self.failures = 0  # in a row, of any kind: what logs call the attempt
+        self._outcome: Outcome | None = None
+        self._streak = 0  # in a row with the same outcome: what the back-off grows on
+
+    def failed(self, result: Result, *, token_changed: bool = False) -> float:
+        """Record a failure and return the seconds to wait. The back-off grows only over
+        failures of one kind, so a 401 after a run of refused connections starts short."""
+        if result.outcome is not self._outcome:
+            self._outcome, self._streak = result.outcome, 0
+        delay = self.delay(result, self._streak, token_changed=token_changed)
+        self._streak += 1
+        self.failures += 1
+        return delay
+
+    @property
+    def last_outcome(self) -> Outcome | None:
+        """The outcome of the failure run in progress (None after a success)."""
+        return self._outcome
+
+    def succeeded(self) -> None:
+        self.failures = self._streak = 0
+        self._outcome = None
 
     def delay(self, result: Result, attempt: int, *, token_changed: bool = False) -> float:
         """Seconds before the next try; `attempt` counts failures so far, from 0."""

@@ -54,6 +54,13 @@ class Spool:
             log.warning("spool.corrupt", path=str(self._path), problem=problem, moved_to=str(aside))
         return None
 
+    def written_at(self) -> float | None:
+        """When the spooled body was written (wall clock), or None without one."""
+        try:
+            return self._path.stat().st_mtime
+        except OSError:
+            return None
+
     def save(self, body: bytes) -> bool:
         """Write atomically: temp file, fsync, rename, fsync the directory."""
         try:

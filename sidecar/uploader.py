@@ -30,7 +30,6 @@ _URGENT_MIN_GAP = 1.0
 
 class Uploader:
     __slots__ = (
-        "_attempt",
         "_blocked_reason",
         "_blocked_until",
         "_body_cache",
@@ -55,6 +54,7 @@ class Uploader:
         "_urgent",
         "_wake",
         "_wall_clock",
+        "recovered_at",
     )
 
     def __init__(
@@ -87,7 +87,6 @@ class Uploader:
         self._dirty = False
         self._urgent = False
         self._closing = False
-        self._attempt = 0
         self._last_post_at = float("-inf")
         self._blocked_until = float("-inf")
         self._blocked_reason: str | None = None
@@ -98,7 +97,10 @@ class Uploader:
         self._body_cache: tuple[int, bytes | None] = (-1, None)
         # A body recovered from the spool: delivered unless something newer is first.
         self._spooled: bytes | None = spool.load() if spool is not None else None
+        self.recovered_at: float | None = None
         if self._spooled is not None:
+            assert spool is not None
+            self.recovered_at = spool.written_at()
             log.info("spool.recovered", bytes=len(self._spooled))
             self._mark_dirty()
 
@@ -110,6 +112,12 @@ class Uploader:
         if urgent:
             self._urgent = True
         self._wake.set()
+
+    def credentials_changed(self) -> None:
+        """The token file was rotated: a 401 back-off in progress is pointless now."""
+        if self._retry.last_outcome is Outcome.UNAUTHORIZED:
+            self._blocked_until = self._clock()
+            self._wake.set()
 
     def pending_age(self) -> float:
         """Seconds the newest change has waited undelivered (0 when none)."""
@@ -202,7 +210,7 @@ class Uploader:
             "bytes": len(body),
             "status": result.status,
             "latency_ms": round(result.latency_ms, 1),
-            "attempt": self._attempt + 1,
+            "attempt": self._retry.failures + 1,
         }
         if result.outcome is Outcome.OK:
             log.info("snapshot.posted", **fields)
@@ -212,11 +220,10 @@ class Uploader:
             # Resending the same bytes would be refused the same way; wait for a change.
             log.error("snapshot.rejected", detail=result.detail, **fields)
             self._rejected = body
-            self._attempt = 0
+            self._retry.succeeded()
             return
         self._mark_dirty()
-        delay = self._retry.delay(result, self._attempt)
-        self._attempt += 1
+        delay = self._retry.failed(result)
         if result.outcome is Outcome.RETRY:
             log.warning(
                 "snapshot.retry", detail=result.detail, retry_in_s=round(delay, 2), **fields
@@ -252,7 +259,7 @@ class Uploader:
 
     def _accepted(self, body: bytes) -> None:
         self._last_accepted = body
-        self._attempt = 0
+        self._retry.succeeded()
         self._blocked_until = float("-inf")
         self._blocked_reason = None
         self._not_found_logged = False
@@ -309,7 +316,7 @@ class Uploader:
                 )
                 # At stop the transient schedule serves every failure: minutes-long 404 or
                 # 401 back-offs would only waste the budget the spool is waiting for.
-                delay = 0.0 if changed else self._retry.transient.delay(self._attempt - 1)
+                delay = 0.0 if changed else self._retry.transient.delay(self._retry.failures - 1)
                 if result.outcome is Outcome.RETRY and result.retry_after is not None:
                     delay = result.retry_after
                 # Give up when the next wait would pass the deadline, not after it.

@@ -27,6 +27,10 @@ log = structlog.get_logger(__name__)
 
 _STREAM_FAILURES_BEFORE_POLLING: Final = 3
 _PROBE_FAILURES_BEFORE_DEAD: Final = 2
+_POLL_REFRESH_EVERY: Final = 5
+_KNOWN_EVENTS: Final = frozenset(
+    ("message_update", "status_change", "agent_error", "screen_update")
+)
 # A stream that stayed up this long was healthy: the next drop starts backoff afresh.
 _HEALTHY_STREAM_S: Final = 10.0
 
@@ -69,6 +73,7 @@ class AgentapiSource:
         "_backoff",
         "_client",
         "_clock",
+        "_down_attempts",
         "_event_counters",
         "_invalid",
         "_listener",
@@ -97,11 +102,12 @@ class AgentapiSource:
         self._probe_interval = probe_interval
         self._poll_interval = poll_interval
         self._stream_retry = stream_retry
-        self._backoff = backoff or Backoff(base=0.25, cap=10.0)
+        self._backoff = backoff or Backoff(base=0.25, cap=5.0)
         self._clock = clock
         self._invalid = InvalidCounter(metrics.invalid)
         self._event_counters: dict[str, Counter] = {}
         self._reachable: bool | None = None
+        self._down_attempts = 0
 
     def _set_reachable(self, reachable: bool) -> None:
         if reachable == self._reachable:
@@ -121,6 +127,10 @@ class AgentapiSource:
             outcome = await self._stream_once()
             if outcome == "ended":
                 failures = 0 if self._clock() - started >= _HEALTHY_STREAM_S else failures + 1
+            elif outcome == "down":
+                # agentapi is not there at all: polling would fail the same way, so keep
+                # trying the stream, which resumes the moment agentapi is back.
+                failures = 0
             elif outcome == "missing":
                 log.warning("agentapi.events_missing", fallback="polling")
                 await self._poll(until=self._clock() + self._stream_retry)
@@ -132,15 +142,18 @@ class AgentapiSource:
                 await self._poll(until=self._clock() + self._stream_retry)
                 failures = 0
                 continue
-            await asyncio.sleep(self._backoff.delay(max(failures - 1, 0)))
+            attempt = self._down_attempts - 1 if outcome == "down" else failures - 1
+            await asyncio.sleep(self._backoff.delay(max(attempt, 0)))
 
     # --- SSE --------------------------------------------------------------------------------
 
     async def _stream_once(self) -> str:
-        """'ended' after a stream that was open, 'missing' for a 404, 'failed' otherwise."""
+        """'ended' after a stream that was open, 'missing' for a 404, 'down' when nothing
+        answered, 'failed' for any other answer."""
         try:
             async with self._client.events() as chunks:
                 self._set_reachable(True)
+                self._down_attempts = 0
                 self._listener.on_event(ReplayStarted())
                 reader = asyncio.create_task(self._read(chunks))
                 prober = asyncio.create_task(self._probe())
@@ -161,22 +174,36 @@ class AgentapiSource:
                 return "missing"
             log.debug("agentapi.connect_failed", error=str(exc))
             self._set_reachable(False)
+            if exc.status is None:
+                self._down_attempts += 1
+                return "down"
             return "failed"
 
     async def _read(self, chunks: AsyncIterator[bytes]) -> None:
         parser = SSEParser()
         dispatch = self._dispatch
         async for chunk in chunks:
-            for frame in parser.feed(chunk):
+            frames = parser.feed(chunk)
+            if not frames:
+                continue
+            # Counted once per chunk and type: a metrics increment per event would cost
+            # as much as parsing it.
+            counts: dict[str, int] = {}
+            for frame in frames:
+                counts[frame.event] = counts.get(frame.event, 0) + 1
                 dispatch(frame.event, frame.data)
+            for event_type, n in counts.items():
+                self._event_counter(event_type).inc(n)
 
-    def _dispatch(self, event_type: str, data: str) -> None:
+    def _event_counter(self, event_type: str) -> Counter:
         counter = self._event_counters.get(event_type)
         if counter is None:
-            counter = self._event_counters[event_type] = self._metrics.events.labels(
-                type=event_type[:40]
-            )
-        counter.inc()
+            # Label values stay a closed set whatever agentapi sends.
+            label = event_type if event_type in _KNOWN_EVENTS else "other"
+            counter = self._event_counters[event_type] = self._metrics.events.labels(type=label)
+        return counter
+
+    def _dispatch(self, event_type: str, data: str) -> None:
         event = parse_sse_event(event_type, data)
         if event is None:
             return
@@ -206,10 +233,15 @@ class AgentapiSource:
         """/status every interval; /messages only on a status change or while the agent
         works (the only times the conversation moves)."""
         last_status = None
+        polls = 0
         while self._clock() < until:
+            polls += 1
             try:
                 status = await self._client.status()
-                if status != last_status or status == "running":
+                # A whole turn can fit between two polls: look at the messages now and
+                # then even when the status seems unchanged.
+                refresh = polls % _POLL_REFRESH_EVERY == 0
+                if status != last_status or status == "running" or refresh:
                     messages, invalid = await self._client.messages()
                     for item in invalid:
                         self._invalid(item, origin="messages")

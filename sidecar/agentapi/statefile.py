@@ -1,9 +1,5 @@
-"""Watches agentapi's --state-file, the conversation's last word when agentapi is down.
-
-agentapi replaces the file by rename, which ends a watch on the file itself, so the parent
-directory is watched and events are filtered by name. inotify can be missing or exhausted
-in containers: then watchfiles polls instead.
-"""
+"""Reads agentapi's --state-file, the conversation's last word when agentapi is down,
+whenever agentapi rewrites it."""
 
 from __future__ import annotations
 
@@ -12,17 +8,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
 
 import structlog
-import watchfiles
 
 from sidecar.agentapi.source import InvalidCounter
 from sidecar.models import Conversation, Invalid, parse_state_file
+from sidecar.watch import watch_file
 
 log = structlog.get_logger(__name__)
-
-_DIR_RETRY_S: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,32 +94,4 @@ class StateFileSource:
         self._stop.set()
 
     async def run(self) -> None:
-        self._deliver()
-        directory, name = self._path.parent, self._path.name
-        force = self._force_polling
-        while not self._stop.is_set():
-            if not directory.is_dir():
-                try:
-                    async with asyncio.timeout(_DIR_RETRY_S):
-                        await self._stop.wait()
-                except TimeoutError:
-                    continue
-                return
-            try:
-                async for _changes in watchfiles.awatch(
-                    directory,
-                    watch_filter=lambda _change, changed: Path(changed).name == name,
-                    stop_event=self._stop,
-                    force_polling=force,
-                    recursive=False,
-                    debounce=50,
-                    step=50,
-                ):
-                    self._deliver()
-            except OSError as exc:
-                if force:
-                    raise
-                log.warning("statefile.watch_failed", error=str(exc), fallback="polling")
-                force = True
-                continue
-            self._deliver()
+        await watch_file(self._path, self._deliver, self._stop, force_polling=self._force_polling)

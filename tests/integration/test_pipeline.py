@@ -192,14 +192,15 @@ async def test_polling_fallback_without_events(make_pipeline: Callable[..., obje
     fake.add_message("agent", "still polled")
     await p.wait_stored(p.truth)
     assert fake.requests["/events"] >= 1
-    # While stable and unchanged, /messages is not fetched again.
+    # While stable and unchanged, /messages is fetched only now and then (a whole turn
+    # can fit between two polls), not on every poll.
     fake.set_status("stable")
     settled = fake.requests["/status"] + 2  # the poll that sees the change, then one more
     await fake.wait_for(lambda: fake.requests["/status"] >= settled)
     fetched = fake.requests["/messages"]
     before = fake.requests["/status"]
-    await fake.wait_for(lambda: fake.requests["/status"] >= before + 3)
-    assert fake.requests["/messages"] == fetched
+    await fake.wait_for(lambda: fake.requests["/status"] >= before + 10, timeout=10)
+    assert fake.requests["/messages"] - fetched <= 2
 
 
 async def test_malformed_frames_and_invalid_messages_are_dropped(

@@ -9,7 +9,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.health import HealthServer, Readiness, parse_http_addr
+from sidecar.addr import parse_http_addr
+from sidecar.health import HealthServer, Readiness
 from sidecar.metrics import Metrics
 
 READY = Readiness(True, ())

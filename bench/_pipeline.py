@@ -1,0 +1,92 @@
+"""The daemon's ingest wiring (as sidecar/daemon.py builds it), for in-process benchmarks.
+
+Imports only sidecar and aiohttp, so a fresh process that imports this measures the
+sidecar's own memory. Not a benchmark itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import aiohttp
+
+from sidecar.agentapi.client import AgentapiClient
+from sidecar.agentapi.source import AgentapiSource
+from sidecar.coder import CoderClient
+from sidecar.config import Settings
+from sidecar.daemon import make_session
+from sidecar.hub import Hub
+from sidecar.metrics import Metrics
+from sidecar.mirror import Mirror
+from sidecar.relay import Relay, RelayPolicy
+from sidecar.token import TokenSource
+from sidecar.uploader import Uploader
+
+
+def count(metrics: Metrics, event_type: str) -> float:
+    value = metrics.registry.get_sample_value("sidecar_agentapi_events_total", {"type": event_type})
+    return value or 0.0
+
+
+def posts(metrics: Metrics, result: str = "ok") -> int:
+    value = metrics.registry.get_sample_value("sidecar_snapshot_posts_total", {"result": result})
+    return int(value or 0)
+
+
+class Pipeline:
+    """The daemon's ingest wiring (sidecar/daemon.py), built from the fakes' addresses."""
+
+    def __init__(self, info: dict[str, Any], session: aiohttp.ClientSession, relay: bool):
+        self.metrics = Metrics()
+        coder = CoderClient(
+            session=session, base_url=info["coder"], token=TokenSource(value=info["token"])
+        )
+        self.mirror = Mirror(10)
+        self.uploader = Uploader(
+            client=coder,
+            task_id=uuid.UUID(info["task"]),
+            mirror=self.mirror,
+            metrics=self.metrics,
+            interval=5.0,
+        )
+        self.relay = (
+            Relay(client=coder, slug="claude-code", policy=RelayPolicy(), metrics=self.metrics)
+            if relay
+            else None
+        )
+        self.hub = Hub(mirror=self.mirror, uploader=self.uploader, relay=self.relay)
+        self.source = AgentapiSource(
+            client=AgentapiClient(session=session, base_url=info["sse"]),
+            listener=self.hub,
+            metrics=self.metrics,
+            probe_interval=5.0,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._source: asyncio.Task[None] | None = None
+
+    def start_workers(self) -> None:
+        self._tasks.append(asyncio.create_task(self.uploader.run()))
+        if self.relay is not None:
+            self._tasks.append(asyncio.create_task(self.relay.run()))
+
+    def start_source(self) -> None:
+        self._source = asyncio.create_task(self.source.run())
+        self._tasks.append(self._source)
+
+    async def stop(self) -> bool:
+        if self._source is not None:  # stop reading first, as the daemon does
+            self._source.cancel()
+        delivered = await self.uploader.flush(5.0)
+        if self.relay is not None:
+            await self.relay.stop(None, 2.0)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        return delivered
+
+
+def session_for(info: dict[str, Any]) -> aiohttp.ClientSession:
+    settings = Settings(coder_agent_url=info["coder"], coder_agent_token=info["token"])
+    return make_session(settings)

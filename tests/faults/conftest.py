@@ -1,0 +1,52 @@
+"""Fixtures for the fault suite, and the `chaos` marker's default exclusion.
+
+The chaos run (tests/faults/test_chaos.py) is long and randomized: it runs only when
+asked for with `-m chaos`. A run without any `-m` deselects it here; its report is
+printed in the terminal summary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import AgentapiFactory, CoderFactory
+from tests.faults.chaos import REPORT_KEY, ChaosReport
+from tests.faults.rig import Rig
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("markexpr"):
+        return  # an explicit -m decides
+    chaos = [item for item in items if item.get_closest_marker("chaos") is not None]
+    if chaos:
+        config.hook.pytest_deselected(items=chaos)
+        items[:] = [item for item in items if item.get_closest_marker("chaos") is None]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[REPORT_KEY] = ChaosReport()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    report = terminalreporter.config.stash.get(REPORT_KEY, None)
+    if report is not None and report.runs:
+        terminalreporter.section("chaos")
+        for line in report.lines():
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture
+async def rig(
+    tmp_path: Path, make_fake_agentapi: AgentapiFactory, make_fake_coder: CoderFactory
+) -> AsyncIterator[Rig]:
+    """The two fakes and a token file; sidecars started on it are killed at teardown."""
+    agentapi = await make_fake_agentapi()
+    coder = await make_fake_coder()
+    rig = Rig(tmp_path, agentapi, coder)
+    try:
+        yield rig
+    finally:
+        await rig.close()

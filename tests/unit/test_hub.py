@@ -1,0 +1,112 @@
+"""Which source speaks when: the live stream, and the state file only when it is newer."""
+
+from __future__ import annotations
+
+from sidecar.agentapi.statefile import StateFileRead
+from sidecar.hub import Hub
+from sidecar.mirror import Mirror
+from sidecar.models import (
+    AgentStatus,
+    Conversation,
+    Message,
+    MessageUpdate,
+    ReplayStarted,
+    StatusChange,
+)
+
+T = "2026-01-01T00:00:00Z"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def msg(i: int, content: str) -> Message:
+    return Message(i, "agent", content, T)
+
+
+def read(mtime: float, *contents: str) -> StateFileRead:
+    messages = tuple(msg(i, c) for i, c in enumerate(contents))
+    return StateFileRead(Conversation(messages, None, "statefile"), mtime)
+
+
+def contents(hub: Hub) -> list[str]:
+    return [m.content for m in hub.mirror.messages()]
+
+
+def make(last_live_at: float = 0.0) -> tuple[Hub, Clock]:
+    clock = Clock()
+    hub = Hub(
+        mirror=Mirror(10), uploader=None, relay=None, wall_clock=clock, last_live_at=last_live_at
+    )
+    return hub, clock
+
+
+def test_state_file_fills_in_before_agentapi_answers() -> None:
+    hub, _ = make()
+    hub.on_statefile(read(900.0, "saved"))
+    assert contents(hub) == ["saved"]
+    assert hub.first_contact.is_set()
+
+
+def test_live_stream_wins_while_connected() -> None:
+    hub, clock = make()
+    hub.on_reachable(True)
+    hub.on_event(MessageUpdate(msg(0, "live")))
+    clock.now += 5
+    hub.on_statefile(read(clock.now, "from file"))
+    assert contents(hub) == ["live"]
+
+
+def test_file_read_while_connected_speaks_when_agentapi_dies_if_newer() -> None:
+    hub, clock = make()
+    hub.on_reachable(True)
+    hub.on_event(MessageUpdate(msg(0, "live")))
+    clock.now += 1
+    hub.on_statefile(read(clock.now, "written at exit"))  # agentapi saves, then exits
+    hub.on_reachable(False)
+    assert contents(hub) == ["written at exit"]
+
+
+def test_file_read_while_connected_is_superseded_by_later_events() -> None:
+    hub, clock = make()
+    hub.on_reachable(True)
+    hub.on_statefile(read(clock.now, "saved mid-turn"))
+    clock.now += 0.2
+    hub.on_event(MessageUpdate(msg(0, "newer live words")))
+    hub.on_reachable(False)  # killed without saving again
+    assert contents(hub) == ["newer live words"]
+
+
+def test_older_state_file_is_ignored_after_live_events() -> None:
+    hub, clock = make()
+    hub.on_reachable(True)
+    hub.on_event(MessageUpdate(msg(0, "live")))
+    hub.on_reachable(False)
+    hub.on_statefile(read(clock.now - 10, "stale"))
+    assert contents(hub) == ["live"]
+
+
+def test_state_file_older_than_the_recovered_spool_is_ignored() -> None:
+    hub, _ = make(last_live_at=950.0)
+    hub.on_statefile(read(940.0, "older than the spool"))
+    assert contents(hub) == []
+    hub.on_statefile(read(960.0, "newer than the spool"))
+    assert contents(hub) == ["newer than the spool"]
+
+
+def test_disconnect_mid_replay_keeps_the_previous_history() -> None:
+    hub, _ = make()
+    hub.on_reachable(True)
+    hub.on_event(ReplayStarted())
+    hub.on_event(MessageUpdate(msg(0, "a")))
+    hub.on_event(StatusChange(AgentStatus.STABLE))
+    hub.on_event(ReplayStarted())
+    hub.on_event(MessageUpdate(msg(0, "partial replay")))
+    hub.on_reachable(False)
+    assert contents(hub) == ["a"]
+    assert not hub.mirror.replaying
