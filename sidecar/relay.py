@@ -345,6 +345,7 @@ class Relay:
         "_client",
         "_clock",
         "_grace",
+        "_idle_settle",
         "_inflight",
         "_last_patch_at",
         "_metrics",
@@ -361,6 +362,7 @@ class Relay:
         "_unreachable_reported",
         "_unreachable_since",
         "_wake",
+        "_wanted_since",
     )
 
     def __init__(
@@ -373,6 +375,7 @@ class Relay:
         grace: float = 30.0,
         min_interval: float = 1.0,
         retry: RetryPolicy | None = None,
+        idle_settle: float = 0.3,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not grace >= 0:
@@ -386,6 +389,8 @@ class Relay:
         self._grace = grace
         self._min_interval = min_interval
         self._retry = retry or RetryPolicy()
+        self._idle_settle = idle_settle
+        self._wanted_since = float("-inf")
         self._clock = clock
 
         self._accepted: StatusReport | None = None
@@ -419,6 +424,7 @@ class Relay:
         )
         changed = self._policy.observe(event) is not None
         if changed:
+            self._wanted_since = self._clock()
             self._wake.set()
         if new_error is not None:
             fields = {"message": new_error.message[:_LOGGED_ERROR_CHARS], "time": new_error.time}
@@ -466,6 +472,10 @@ class Relay:
                 report = self._due_report()
                 if report is not None:
                     due = self._next_send_at()
+                    if report.state is AppState.IDLE:
+                        # A turn's last words often land just after `stable`: wait a
+                        # moment so one idle report carries them, not two.
+                        due = max(due, self._wanted_since + self._idle_settle)
                     if due <= now:
                         await self._send(report)
                         continue

@@ -11,7 +11,6 @@ once while it decides how many fit, instead of re-encoding the whole body per st
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Final
@@ -94,7 +93,7 @@ def _fit_newest(message: Message, max_bytes: int) -> bytes:
 
     def body(keep: int) -> bytes:
         tail = content[total - keep :] if keep else ""
-        cut = dataclasses.replace(message, content=marker(total - keep) + tail)
+        cut = message._replace(content=marker(total - keep) + tail)
         return _PREFIX + _encode_one(cut) + _SUFFIX
 
     best = body(0)
@@ -108,15 +107,30 @@ def _fit_newest(message: Message, max_bytes: int) -> bytes:
     #   len(body(0)) + keep - d <= len(body(keep)) <= len(body(0)) + 6 * keep
     # The upper end also keeps a multi-megabyte message as cheap as a small one.
     room = max_bytes - len(best)
+    base = len(best)
     lo = min(total, room // 6)
     hi = min(total, room + len(str(total)))
     if lo:
         best = body(lo)
+    # Search with a guess from the density measured so far (terminal text is nearly
+    # uniform, so it usually lands within a few code points), falling back to halving
+    # whenever the guess would not shrink the range enough.
+    guessing = True
     while lo < hi:
         mid = (lo + hi + 1) // 2
+        grown = len(best) - base
+        if guessing and lo and grown > 0:
+            # Aim a little short: landing just inside keeps the next guess exact, while
+            # landing just outside would only move the upper bound by one.
+            guess = lo + int((max_bytes - len(best)) * lo / grown * 0.995)
+            if lo < guess <= hi:
+                mid = guess
         candidate = body(mid)
         if len(candidate) <= max_bytes:
             lo, best = mid, candidate
+            # Each further code point costs at least a byte (less a marker digit).
+            hi = min(hi, lo + max_bytes - len(best) + len(str(total)))
         else:
             hi = mid - 1
+            guessing = not guessing  # after a miss, one halving step
     return best

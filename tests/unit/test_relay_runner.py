@@ -666,3 +666,23 @@ async def test_stop_refused_with_400_returns_false(make_relay: HarnessFactory) -
     h.client.results(fail(400, "Invalid state"))
     assert await h.relay.stop(AppState.COMPLETE, timeout=2.0) is False
     assert len(h.client.calls) == 1
+
+
+async def test_idle_report_settles_so_late_final_words_make_one_patch(
+    make_relay: HarnessFactory,
+) -> None:
+    h = make_relay(idle_settle=60.0)  # only the fake clock's jump ends the settling
+    feed(h.relay, [ReplayStarted(), user(0, "fix the bug"), RUNNING])
+    assert await h.client.wait_calls(1) == [working("fix the bug")]
+    await until(lambda: h.relay.accepted == working("fix the bug"))
+    feed(h.relay, [agent(1, "Working on it"), STABLE])
+    # The loop has looked at the idle report and parked: without settling it would have
+    # sent "Working on it" by now.
+    await until(lambda: not h.relay._wake.is_set())
+    assert len(h.client.calls) == 1
+    feed(h.relay, [agent(1, "Working on it\nFixed it.")])  # the last words, after stable
+    h.clock.jump(61.0)
+    calls = await h.client.wait_calls(2)
+    await until(lambda: h.relay.accepted == IDLE)
+    assert calls == [working("fix the bug"), IDLE]
+    assert len(h.client.calls) == 2
