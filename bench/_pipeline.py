@@ -15,12 +15,11 @@ import aiohttp
 from sidecar.agentapi.client import AgentapiClient
 from sidecar.agentapi.source import AgentapiSource
 from sidecar.coder import CoderClient
-from sidecar.config import Settings
-from sidecar.daemon import make_session
 from sidecar.hub import Hub
 from sidecar.metrics import Metrics
 from sidecar.mirror import Mirror
 from sidecar.relay import Relay, RelayPolicy
+from sidecar.session import make_session
 from sidecar.token import TokenSource
 from sidecar.uploader import Uploader
 
@@ -88,5 +87,4 @@ class Pipeline:
 
 
 def session_for(info: dict[str, Any]) -> aiohttp.ClientSession:
-    settings = Settings(coder_agent_url=info["coder"], coder_agent_token=info["token"])
-    return make_session(settings)
+    return make_session()

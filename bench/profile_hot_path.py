@@ -7,10 +7,13 @@
    (exact call counts; inflates tiny functions) and pyinstrument (sampling; if installed:
    `pip install pyinstrument`).
 2. Snapshot building: sidecar.snapshot.build on the shutdown benchmark's conversations
-   plus a typical one and an escape-heavy one; µs per build, then a cProfile of the
+   plus a typical one and an escape-heavy one; µs and message encodes per build, a check
+   on random cases that a cut keeps the longest tail that fits, then a cProfile of the
    costliest.
-3. Start-up: `coder-task-sidecar --version` wall time and the imports that cost most
-   (python -X importtime), since the one-shot `snapshot` command pays them on every run.
+3. Start-up: `coder-task-sidecar --version` and the `snapshot` command's imports (wall
+   time), the interpreter teardown after the work (with and without the gc.freeze() that
+   sidecar.cli.main does), and the imports that cost most (python -X importtime), since
+   the one-shot `snapshot` command pays them on every run.
 
 Prints the top functions; the figures go into bench/RESULTS.md.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import cProfile
+import json
 import os
 import pstats
 import re
@@ -139,56 +143,28 @@ def conversations() -> dict[str, list[Message]]:
     }
 
 
-def fit_newest_interpolated(message: Message, max_bytes: int) -> bytes:
-    """WHAT-IF prototype, not sidecar code: sidecar.snapshot._fit_newest with the binary
-    search replaced by interpolation (the body size grows almost linearly with the kept
-    characters) that falls back to bisection when a guess does not halve the interval.
-    Same bounds, same monotonic size function, so the same longest fitting tail."""
-    import dataclasses
-
-    enc = snapshot._encode_one
-    prefix, suffix = snapshot._PREFIX, snapshot._SUFFIX
-    content = message.content
-    total = len(content)
-
-    def body(keep: int) -> bytes:
-        tail = content[total - keep :] if keep else ""
-        cut = dataclasses.replace(message, content=snapshot.marker(total - keep) + tail)
-        return prefix + enc(cut) + suffix
-
-    best = body(0)
-    room = max_bytes - len(best)
-    lo = min(total, room // 6)
-    hi = min(total, room + len(str(total)))
-    if lo:
-        best = body(lo)
-    size_lo, size_hi = len(best), None
-    while lo < hi:
-        if size_hi is None:
-            mid = hi  # the optimistic end first: pure ASCII text fits right there
-        else:
-            mid = lo + (max_bytes - size_lo) * (hi - lo) // max(1, size_hi - size_lo)
-            mid = min(max(mid, lo + 1), hi)
-            if mid - lo > (hi - lo) // 2 and hi - mid > (hi - lo) // 2:
-                mid = (lo + hi + 1) // 2
-        candidate = body(mid)
-        if len(candidate) <= max_bytes:
-            lo, best, size_lo = mid, candidate, len(candidate)
-            if mid == hi:
-                break
-        else:
-            hi, size_hi = mid - 1, len(candidate)
-    return best
+def _body_keeping(message: Message, keep: int) -> bytes:
+    """The body holding only the last `keep` code points of `message` behind the marker,
+    built from sidecar.snapshot's own pieces (a reference for the checks below)."""
+    total = len(message.content)
+    tail = message.content[total - keep :] if keep else ""
+    cut = message._replace(content=snapshot.marker(total - keep) + tail)
+    return snapshot._PREFIX + snapshot._encode_one(cut) + snapshot._SUFFIX
 
 
-def check_prototype(cases: int) -> tuple[int, int]:
-    """The what-if prototype against sidecar.snapshot.build on random content (escapes,
-    multi-byte, astral, lone surrogates) and limits: (cases, mismatches)."""
+_CUT = re.compile(r"\[… (\d+) earlier characters cut by coder-task-sidecar …\]\n")
+
+
+def check_cut_search(cases: int) -> tuple[int, int]:
+    """snapshot.build's cut on random content (escapes, multi-byte, astral, lone
+    surrogates) and limits: the body fits, is the body for the tail it reports, and one
+    more code point would not fit (the size grows monotonically, so that is the longest
+    tail). Returns (cases checked, failures)."""
     import random
 
     rng = random.Random(0)
     alphabet = ["a", "\n", '"', "\\", "\x01", "€", "😀", "é", "\ud800", " "]
-    mismatches = 0
+    checked = failures = 0
     for _ in range(cases):
         chars = rng.sample(alphabet, rng.randint(1, len(alphabet)))
         weights = [rng.random() for _ in chars]
@@ -197,9 +173,37 @@ def check_prototype(cases: int) -> tuple[int, int]:
         msg = Message(rng.randint(0, 10**12), "agent", content, "2025-01-01T00:00:00Z")
         for limit in (1024, 4096, SNAPSHOT_MAX_BYTES):
             body = snapshot.build([msg], max_messages=10, max_bytes=limit)
-            if body is not None and len(snapshot.encode([msg])) > limit:
-                mismatches += body != fit_newest_interpolated(msg, limit)
-    return cases * 3, mismatches
+            if body is None or len(snapshot.encode([msg])) <= limit:
+                continue
+            checked += 1
+            m = _CUT.match(json.loads(body)["messages"][0]["content"])
+            keep = len(content) - int(m.group(1)) if m else -1
+            ok = (
+                keep >= 0
+                and len(body) <= limit
+                and body == _body_keeping(msg, keep)
+                and (keep == len(content) or len(_body_keeping(msg, keep + 1)) > limit)
+            )
+            failures += not ok
+    return checked, failures
+
+
+def encodes_per_build(messages: list[Message]) -> int:
+    """How many message encodings one snapshot.build makes (the cost driver of a cut)."""
+    real = snapshot._encode_one
+    calls = 0
+
+    def counting(message: Message) -> bytes:
+        nonlocal calls
+        calls += 1
+        return real(message)
+
+    snapshot._encode_one = counting  # type: ignore[assignment]
+    try:
+        snapshot.build(messages, max_messages=10)
+    finally:
+        snapshot._encode_one = real  # type: ignore[assignment]
+    return calls
 
 
 def profile_snapshot(top: int, quick: bool) -> None:
@@ -217,37 +221,20 @@ def profile_snapshot(top: int, quick: bool) -> None:
         )
         per = best / number
         kept = body.count(b'"id":')
-        what_if = "—"
-        newest = max(messages, key=lambda m: m.id)
-        if kept == 1 and len(messages) == 1:
-            proto = fit_newest_interpolated(newest, SNAPSHOT_MAX_BYTES)
-            same = "same bytes" if proto == body else "DIFFERENT BYTES"
-            t = min(
-                timeit.repeat(
-                    lambda m=newest: fit_newest_interpolated(m, SNAPSHOT_MAX_BYTES),
-                    number=number,
-                    repeat=3,
-                )
-            )
-            what_if = f"{t / number * 1e6:,.0f} ({same})"
-        rows.append([name, f"{per * 1e6:,.0f}", what_if, f"{len(body):,}", kept])
+        rows.append(
+            [name, f"{per * 1e6:,.0f}", encodes_per_build(messages), f"{len(body):,}", kept]
+        )
         if per > worst[0]:
             worst = (per, name, messages)
     _common.table(
         "Snapshot building: sidecar.snapshot.build, best of 3",
-        [
-            "conversation",
-            "µs per build",
-            "what-if: interpolated cut search µs",
-            "body bytes",
-            "messages kept",
-        ],
+        ["conversation", "µs per build", "message encodes", "body bytes", "messages kept"],
         rows,
     )
-    checked, mismatches = check_prototype(30 if quick else 400)
+    checked, failures = check_cut_search(30 if quick else 400)
     _common.note(
-        f"what-if prototype vs snapshot.build on {checked:,} random (content, limit) cases: "
-        f"{mismatches} mismatches"
+        f"cut search on {checked:,} random (content, limit) cases: {failures} not the longest "
+        "fitting tail (fits, matches its marker, one more code point would not fit)"
     )
     prof = cProfile.Profile()
     prof.enable()
@@ -281,12 +268,26 @@ def profile_startup(top: int, quick: bool) -> None:
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", "pass"], env=env, check=True, timeout=30)
         bare.append(time.perf_counter() - t0)
+    # --version stops in argparse after importing sidecar.cli only (since config.py no
+    # longer imports aiohttp, that is not what the `snapshot` command imports); this is
+    # the command's imports and its exit (gc.freeze() as in sidecar.cli.main) without
+    # the work.
+    snap_imports = []
+    for _ in range(3 if quick else 7):
+        t0 = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-c", "import gc, sidecar.cli, sidecar.oneshot\ngc.freeze()"],
+            env=env,
+            check=True,
+            timeout=30,
+        )
+        snap_imports.append(time.perf_counter() - t0)
     teardown: dict[str, list[float]] = {}
     # (label, code before the timestamp is written, code after it)
     for label, before, after in (
-        ("normal exit", "", ""),
-        ("what-if: gc.freeze() before exit", "import gc\ngc.freeze()\n", ""),
-        ("what-if: os._exit after flushing", "", "os._exit(0)\n"),
+        ("without gc.freeze()", "", ""),
+        ("gc.freeze() before exit, as sidecar.cli.main does", "import gc\ngc.freeze()\n", ""),
+        ("reference: os._exit after flushing", "", "os._exit(0)\n"),
     ):
         teardown[label] = []
         code = (
@@ -306,39 +307,75 @@ def profile_startup(top: int, quick: bool) -> None:
                 timeout=30,
             )
             teardown[label].append(time.time() - float(done.stderr))
-    imports = subprocess.run(
-        [
-            sys.executable,
-            "-X",
-            "importtime",
-            "-c",
-            "import sidecar.cli, sidecar.config, sidecar.log, sidecar.oneshot, sidecar.daemon",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stderr
-    entries: list[tuple[int, int, str]] = []
-    for line in imports.splitlines():
-        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
-        if m:
-            entries.append((int(m.group(1)), int(m.group(2)), m.group(4)))
-    total = max(e[1] for e in entries if not e[2].startswith("encodings"))
+    # importtime is one sample per run and noisy: the run with the median total counts.
+    samples: list[tuple[int, list[tuple[int, int, str]]]] = []
+    for _ in range(1 if quick else 5):
+        imports = subprocess.run(
+            [
+                sys.executable,
+                "-X",
+                "importtime",
+                "-c",
+                "import sidecar.cli, sidecar.oneshot",  # what the `snapshot` command imports
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stderr
+        entries: list[tuple[int, int, str]] = []
+        total = 0
+        for line in imports.splitlines():
+            m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
+            if m:
+                entries.append((int(m.group(1)), int(m.group(2)), m.group(4)))
+                # Top-level entries of the command's own imports (everything else is
+                # nested below them, or belongs to the interpreter's start-up).
+                if len(m.group(3)) == 1 and m.group(4).startswith("sidecar"):
+                    total += int(m.group(2))
+        samples.append((total, entries))
+    samples.sort(key=lambda sample: sample[0])
+    total, entries = samples[len(samples) // 2]
     _common.table(
         "Start-up",
         ["figure", "ms"],
         [
             ["`coder-task-sidecar --version` (median)", f"{_common.median(runs) * 1000:.0f}"],
             ["`python -c pass` (median)", f"{_common.median(bare) * 1000:.0f}"],
-            ["imports of the snapshot command (importtime, cumulative)", f"{total / 1000:.0f}"],
+            [
+                "`snapshot` command's imports + exit with gc.freeze(), no work (median)",
+                f"{_common.median(snap_imports) * 1000:.0f}",
+            ],
+            [
+                f"imports of the snapshot command (importtime, median of {len(samples)})",
+                f"{total / 1000:.0f}",
+            ],
             *(
                 [f"interpreter teardown after the work: {label} (median)", f"{ms:.0f}"]
                 for label, ms in (
                     (label, _common.median(values) * 1000) for label, values in teardown.items()
                 )
             ),
+        ],
+    )
+    first: dict[str, int] = {}
+    for _own, cum, name in entries:
+        first.setdefault(name.strip(), cum)
+    _common.table(
+        "Start-up: cumulative import time of the large dependencies (ms)",
+        ["module", "cumulative ms"],
+        [
+            [name, f"{first[name] / 1000:.1f}" if name in first else "not imported"]
+            for name in (
+                "aiohttp",
+                "aiohttp.web",
+                "pydantic",
+                "pydantic_settings",
+                "structlog",
+                "prometheus_client",
+                "sidecar.health",
+            )
         ],
     )
     by_self = sorted(entries, reverse=True)[:top]

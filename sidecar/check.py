@@ -8,8 +8,8 @@ from typing import TextIO
 from sidecar.agentapi.client import AgentapiClient, AgentapiError
 from sidecar.coder import CoderClient, Outcome, Result
 from sidecar.config import Settings
-from sidecar.daemon import make_session, make_token
 from sidecar.models import AgentStatus, AppState
+from sidecar.session import make_session, make_token
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +28,7 @@ async def run_check(settings: Settings, out: TextIO) -> int:
     token = make_token(settings)
     probes: list[Probe] = []
     agent_status: AgentStatus | None = None
-    async with make_session(settings) as session:
+    async with make_session() as session:
         agentapi = AgentapiClient(session=session, base_url=settings.coder_mcp_ai_agentapi_url)
         try:
             agent_status = await agentapi.status()

@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, Final
 
-import aiohttp
 import structlog
 
 from sidecar.agentapi.client import AgentapiClient
@@ -26,6 +25,7 @@ from sidecar.hub import Hub
 from sidecar.metrics import Metrics
 from sidecar.mirror import Mirror
 from sidecar.relay import Relay, RelayPolicy
+from sidecar.session import make_session, make_token
 from sidecar.spool import Spool
 from sidecar.systemd import Notifier
 from sidecar.token import TokenSource
@@ -36,21 +36,6 @@ log = structlog.get_logger(__name__)
 
 _READY_AT_LATEST_S: Final = 5.0
 _CRASH_RESTART_S: Final = 1.0
-
-
-def make_token(settings: Settings) -> TokenSource:
-    if settings.coder_agent_token is not None:
-        return TokenSource(value=settings.coder_agent_token.get_secret_value())
-    return TokenSource(path=settings.coder_agent_token_file)
-
-
-def make_session(settings: Settings) -> aiohttp.ClientSession:
-    # TLS verification stays on; SSL_CERT_FILE is honoured by OpenSSL's default paths.
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=8),
-        headers={"User-Agent": "coder-task-sidecar"},
-        trust_env=False,
-    )
 
 
 async def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
@@ -107,7 +92,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         notifier = Notifier(s.notify_socket, s.watchdog_usec)
         token = make_token(s)
-        async with make_session(s) as session:
+        async with make_session() as session:
             coder = CoderClient(
                 session=session,
                 base_url=s.coder_agent_url,
@@ -121,7 +106,11 @@ class Daemon:
             # must not replace it.
             recovered_at = uploader.recovered_at if uploader is not None else None
             hub = Hub(
-                mirror=mirror, uploader=uploader, relay=relay, last_live_at=recovered_at or 0.0
+                mirror=mirror,
+                uploader=uploader,
+                relay=relay,
+                last_live_at=recovered_at or 0.0,
+                status_text=notifier.status,
             )
             agentapi = AgentapiSource(
                 client=AgentapiClient(session=session, base_url=s.coder_mcp_ai_agentapi_url),
@@ -222,7 +211,7 @@ class Daemon:
         if s.coder_task_id is None:
             log.warning("snapshot.disabled", reason="CODER_TASK_ID is not set")
             return None
-        return Uploader(
+        uploader = Uploader(
             client=coder,
             task_id=s.coder_task_id,
             mirror=mirror,
@@ -231,6 +220,8 @@ class Daemon:
             spool=Spool(s.state_dir, s.coder_task_id),
             max_bytes=s.sidecar_snapshot_max_bytes,
         )
+        self.metrics.snapshot_pending_age.set_function(uploader.pending_age)
+        return uploader
 
     def _make_relay(self, coder: CoderClient) -> Relay | None:
         s = self.settings

@@ -35,6 +35,8 @@ class Hub:
     first_contact: asyncio.Event = field(default_factory=asyncio.Event)
     last_live_at: float = 0.0
     statefile_backlog: StateFileRead | None = None
+    # The service manager's one-line status (sd_notify STATUS=), when there is one.
+    status_text: Callable[[str], object] = lambda _text: None
 
     def on_event(self, event: Event) -> None:
         self.last_live_at = self.wall_clock()
@@ -54,6 +56,11 @@ class Hub:
     def on_reachable(self, reachable: bool) -> None:
         self.reachable = reachable
         self.first_contact.set()
+        self.status_text(
+            "watching agentapi"
+            if reachable
+            else "agentapi unreachable; keeping the last known conversation"
+        )
         if self.relay is not None:
             self.relay.set_agent_reachable(reachable)
         if not reachable:

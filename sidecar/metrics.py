@@ -14,6 +14,7 @@ class Metrics:
         "relay_patches",
         "snapshot_bytes",
         "snapshot_last_success",
+        "snapshot_pending_age",
         "snapshot_pending_since",
         "snapshot_posts",
         "spool_writes",
@@ -33,8 +34,9 @@ class Metrics:
         )
         self.snapshot_posts = Counter(
             "sidecar_snapshot_posts",
-            "log-snapshot POSTs, by result (ok, retry, rejected, not_found, unauthorized)",
-            ["result"],
+            "log-snapshot POSTs, by result (ok, retry, rejected, not_found, unauthorized) and "
+            "HTTP status (none: no answer)",
+            ["result", "status"],
             registry=r,
         )
         self.snapshot_bytes = Gauge(
@@ -48,6 +50,11 @@ class Metrics:
         self.snapshot_pending_since = Gauge(
             "sidecar_snapshot_pending_since_timestamp_seconds",
             "wall-clock time since which a changed conversation is undelivered (0: none)",
+            registry=r,
+        )
+        self.snapshot_pending_age = Gauge(
+            "sidecar_snapshot_pending_age_seconds",
+            "seconds the newest change has waited undelivered (0: none)",
             registry=r,
         )
         self.relay_patches = Counter(

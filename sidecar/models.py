@@ -100,14 +100,14 @@ Event: TypeAlias = ReplayStarted | MessageUpdate | StatusChange | AgentError | C
 # --- validation ------------------------------------------------------------------------
 
 
-_last_valid_time = ""
+_last_valid_time: str | None = None
 
 
 def _valid_time(time: object) -> TypeGuard[str]:
     # A streamed message keeps its time while its content grows many times a second:
     # the last time that passed is remembered so the pattern runs once per message.
     global _last_valid_time
-    if time == _last_valid_time:
+    if time is not None and time == _last_valid_time:
         return True
     if isinstance(time, str) and _RFC3339.match(time) is not None:
         _last_valid_time = time

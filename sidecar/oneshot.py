@@ -9,10 +9,10 @@ from sidecar.agentapi.source import InvalidCounter
 from sidecar.agentapi.statefile import StateFileSource
 from sidecar.coder import CoderClient
 from sidecar.config import Settings
-from sidecar.daemon import make_session, make_token
 from sidecar.metrics import Metrics
 from sidecar.mirror import Mirror
 from sidecar.models import Conversation
+from sidecar.session import make_session, make_token
 from sidecar.spool import Spool
 from sidecar.uploader import Uploader
 
@@ -25,7 +25,7 @@ async def snapshot_once(settings: Settings) -> int:
     assert settings.coder_task_id is not None
     metrics = Metrics()
     mirror = Mirror(settings.sidecar_snapshot_max_messages)
-    async with make_session(settings) as session:
+    async with make_session() as session:
         agentapi = AgentapiClient(session=session, base_url=settings.coder_mcp_ai_agentapi_url)
         invalid = InvalidCounter(metrics.invalid)
         try:

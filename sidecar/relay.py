@@ -363,6 +363,7 @@ class Relay:
         "_unreachable_since",
         "_wake",
         "_wanted_since",
+        "_wanted_state",
     )
 
     def __init__(
@@ -390,6 +391,7 @@ class Relay:
         self._min_interval = min_interval
         self._retry = retry or RetryPolicy()
         self._idle_settle = idle_settle
+        self._wanted_state: AppState | None = None
         self._wanted_since = float("-inf")
         self._clock = clock
 
@@ -422,9 +424,13 @@ class Relay:
         new_error = (
             event if isinstance(event, AgentError) and self._policy.is_new_error(event) else None
         )
-        changed = self._policy.observe(event) is not None
-        if changed:
-            self._wanted_since = self._clock()
+        wanted = self._policy.observe(event)
+        changed = wanted is not None
+        if wanted is not None:
+            if wanted.state is not self._wanted_state:
+                # The settle for an idle report runs from when the state turned, so text
+                # that keeps changing cannot hold the report back for longer.
+                self._wanted_state, self._wanted_since = wanted.state, self._clock()
             self._wake.set()
         if new_error is not None:
             fields = {"message": new_error.message[:_LOGGED_ERROR_CHARS], "time": new_error.time}

@@ -201,7 +201,8 @@ class Uploader:
                 raise TimeoutError
         self._last_post_at = self._clock()
         result = await self._client.post_log_snapshot(self._task_id, body, timeout=timeout)
-        self._metrics.snapshot_posts.labels(result=result.outcome.value).inc()
+        status = "none" if result.status is None else str(result.status)
+        self._metrics.snapshot_posts.labels(result=result.outcome.value, status=status).inc()
         self._handle(result, body)
         return result
 

@@ -62,6 +62,10 @@ async def test_sd_notify_lifecycle(
     assert "STATUS" in ready
     await receive_until(sock, "WATCHDOG", seen)
     await receive_until(sock, "WATCHDOG", seen)  # keeps coming from the event loop
+    await fake_agentapi.server.stop()
+    async with asyncio.timeout(10):
+        while not any("unreachable" in f.get("STATUS", "") for f in seen):
+            await receive_until(sock, "STATUS", seen)
     proc.signal(signal.SIGTERM)
     stopping = await receive_until(sock, "STOPPING", seen)
     assert stopping["STOPPING"] == "1"
@@ -102,7 +106,8 @@ async def test_health_endpoints_over_http(
             assert any("agentapi" in r for r in body["reasons"])
         async with http.get(base + "/metrics") as resp:
             text = await resp.text()
-    assert 'sidecar_snapshot_posts_total{result="ok"} 1.0' in text
+    assert 'sidecar_snapshot_posts_total{result="ok",status="204"} 1.0' in text
+    assert "sidecar_snapshot_pending_age_seconds 0.0" in text
     assert "sidecar_agentapi_connected 0.0" in text
     proc.signal(signal.SIGTERM)
     assert await proc.wait() == 0

@@ -322,3 +322,27 @@ def test_state_file_malformed(body: bytes, reason: str) -> None:
     result = parse_state_file(body)
     assert isinstance(result, Invalid)
     assert result.reason == reason
+
+
+@pytest.mark.parametrize("bad", ["", None, "2024-05-01T12:00:00", 17])
+def test_time_cache_never_admits_an_invalid_time(bad: object) -> None:
+    good = {"id": 1, "role": "user", "message": "x", "time": "2024-05-01T12:00:00Z"}
+    assert isinstance(validate_message(good, "message"), Message)
+    # Before any valid time, and after one was cached, a bad time is still refused.
+    for _ in range(2):
+        result = validate_message({**good, "time": bad}, "message")
+        assert isinstance(result, Invalid)
+        assert result.reason == "time"
+
+
+def test_empty_time_is_refused_in_a_fresh_process() -> None:
+    # The time cache starts empty-handed: nothing may pass on the first call either.
+    import subprocess
+    import sys
+
+    code = (
+        "from sidecar.models import Invalid, validate_message as v;"
+        "r = v({'id': 1, 'role': 'user', 'message': 'x', 'time': ''}, 'message');"
+        "raise SystemExit(0 if isinstance(r, Invalid) and r.reason == 'time' else 1)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False, timeout=30).returncode == 0

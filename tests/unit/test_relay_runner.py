@@ -686,3 +686,21 @@ async def test_idle_report_settles_so_late_final_words_make_one_patch(
     await until(lambda: h.relay.accepted == IDLE)
     assert calls == [working("fix the bug"), IDLE]
     assert len(h.client.calls) == 2
+
+
+async def test_idle_settle_runs_from_the_turn_not_from_each_revision(
+    make_relay: HarnessFactory,
+) -> None:
+    h = make_relay(idle_settle=60.0)
+    feed(h.relay, [ReplayStarted(), user(0, "fix the bug"), RUNNING])
+    await h.client.wait_calls(1)
+    await until(lambda: h.relay.accepted == working("fix the bug"))
+    feed(h.relay, [agent(1, "step 1"), STABLE])
+    h.clock.jump(30.0)
+    feed(h.relay, [agent(1, "step 1\nstep 2")])  # text still moving half-way through
+    await until(lambda: not h.relay._wake.is_set())
+    assert len(h.client.calls) == 1
+    h.clock.jump(31.0)  # 61 s after the turn ended, 31 s after the last revision
+    h.relay.observe(agent(1, "step 1\nstep 2\nFixed it."))
+    calls = await h.client.wait_calls(2)
+    assert calls[1] == IDLE
