@@ -14,8 +14,7 @@ from sidecar import __version__
 from sidecar.config import ConfigError, Settings, load_settings
 from sidecar.log import configure
 
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
+# The contract: 0 done, 1 a command failed, 2 the configuration is wrong.
 EXIT_CONFIG: Final = 2
 
 

@@ -96,14 +96,9 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
 
-    @field_validator("sidecar_log_level", mode="before")
+    @field_validator("sidecar_log_level", "sidecar_log_format", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
-        return value.lower() if isinstance(value, str) else value
-
-    @field_validator("sidecar_log_format", mode="before")
-    @classmethod
-    def _lower_format(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
     @field_validator("sidecar_http_addr")
