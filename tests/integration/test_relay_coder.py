@@ -21,39 +21,21 @@ from sidecar.coder import CoderClient
 from sidecar.metrics import Metrics
 from sidecar.models import (
     AgentError,
-    AgentStatus,
     AppState,
     ErrorLevel,
-    Message,
-    MessageUpdate,
     ReplayStarted,
-    StatusChange,
 )
 from sidecar.relay import Relay, RelayPolicy
 from sidecar.retry import RetryPolicy
 from sidecar.token import TokenSource
 from tests.conftest import CoderFactory
+from tests.events import STABLE, agent, at, user
 from tests.fakes.coder import FakeCoder, RecordedRequest
 from tests.fakes.server import Served
 
 SLUG = "claude-code"
 APP_STATUS_PATH = "/api/v2/workspaceagents/me/app-status"
 DEADLINE = 5.0
-
-
-def at(second: int) -> str:
-    return f"2025-03-01T10:00:{second:02d}Z"
-
-
-def user(mid: int, text: str) -> MessageUpdate:
-    return MessageUpdate(Message(id=mid, role="user", content=text, time=at(mid)))
-
-
-def agent(mid: int, text: str) -> MessageUpdate:
-    return MessageUpdate(Message(id=mid, role="agent", content=text, time=at(mid)))
-
-
-STABLE = StatusChange(AgentStatus.STABLE)
 
 
 async def until(predicate: Callable[[], bool]) -> None:

@@ -24,17 +24,14 @@ from sidecar.coder import Outcome, Result
 from sidecar.metrics import Metrics
 from sidecar.models import (
     AgentError,
-    AgentStatus,
     AppState,
     ErrorLevel,
     Event,
-    Message,
-    MessageUpdate,
     ReplayStarted,
-    StatusChange,
 )
 from sidecar.relay import NOT_RESPONDING, Relay, RelayPolicy, StatusReport
 from sidecar.retry import RetryPolicy
+from tests.events import RUNNING, STABLE, agent, at, user
 
 DEADLINE = 5.0
 SLUG = "claude-code"
@@ -148,20 +145,6 @@ async def until(predicate: Callable[[], bool], timeout: float = DEADLINE) -> Non
 # --- events -----------------------------------------------------------------------------
 
 
-def at(second: int) -> str:
-    return f"2025-03-01T10:00:{second:02d}Z"
-
-
-def user(mid: int, text: str) -> MessageUpdate:
-    return MessageUpdate(Message(id=mid, role="user", content=text, time=at(mid)))
-
-
-def agent(mid: int, text: str) -> MessageUpdate:
-    return MessageUpdate(Message(id=mid, role="agent", content=text, time=at(mid)))
-
-
-RUNNING = StatusChange(AgentStatus.RUNNING)
-STABLE = StatusChange(AgentStatus.STABLE)
 HISTORY: list[Event] = [ReplayStarted(), user(0, "fix the bug"), agent(1, "Fixed it."), STABLE]
 IDLE = StatusReport(AppState.IDLE, "Fixed it.", "")
 
