@@ -205,6 +205,22 @@ async def events_seen(session: aiohttp.ClientSession, http: str) -> float:
     return _common.prom_value(text, "sidecar_agentapi_events_total", type="message_update")
 
 
+async def time_to_stored_and_exit(
+    run: Run,
+    proc: SidecarProcess,
+    coder: FakeCoder,
+    final: list[tuple[str, str]],
+    accepted_before: int,
+    started: float,
+) -> None:
+    """Record when the newest conversation was stored and when the process ended."""
+    with contextlib.suppress(TimeoutError):
+        await coder.wait_for(lambda: newest_stored(coder, final, accepted_before), STEP_TIMEOUT)
+    run.to_stored_ms = stored_ms(coder, final, accepted_before, started)
+    run.exit_code = await proc.wait(STEP_TIMEOUT)
+    run.to_exit_ms = (time.monotonic() - started) * 1000
+
+
 async def run_daemon(case: Case, home: Path, session: aiohttp.ClientSession) -> Run:
     run = Run()
     agentapi, coder = FakeAgentapi(), FakeCoder()
@@ -237,13 +253,7 @@ async def run_daemon(case: Case, home: Path, session: aiohttp.ClientSession) -> 
                 run.notes.append("newest stored before SIGTERM (not a shutdown figure)")
             started = time.monotonic()
             proc.signal(signal.SIGTERM)
-            with contextlib.suppress(TimeoutError):
-                await coder.wait_for(
-                    lambda: newest_stored(coder, case.final, accepted_before), STEP_TIMEOUT
-                )
-            run.to_stored_ms = stored_ms(coder, case.final, accepted_before, started)
-            run.exit_code = await proc.wait(STEP_TIMEOUT)
-            run.to_exit_ms = (time.monotonic() - started) * 1000
+            await time_to_stored_and_exit(run, proc, coder, case.final, accepted_before, started)
         finally:
             await proc.kill()
         finish(run, coder, case.final)
@@ -263,11 +273,7 @@ async def run_oneshot(case: Case, home: Path, session: aiohttp.ClientSession) ->
         await proc.start()
         _common.track(proc.proc)
         try:
-            with contextlib.suppress(TimeoutError):
-                await coder.wait_for(lambda: newest_stored(coder, case.final, 0), STEP_TIMEOUT)
-            run.to_stored_ms = stored_ms(coder, case.final, 0, started)
-            run.exit_code = await proc.wait(STEP_TIMEOUT)
-            run.to_exit_ms = (time.monotonic() - started) * 1000
+            await time_to_stored_and_exit(run, proc, coder, case.final, 0, started)
         finally:
             await proc.kill()
         finish(run, coder, case.final)
