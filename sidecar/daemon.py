@@ -104,12 +104,13 @@ class Daemon:
             relay = self._make_relay(coder)
             # A body spooled at the last stop is as new as its file: an older state file
             # must not replace it.
-            recovered_at = uploader.recovered_at if uploader is not None else None
+            recovered = uploader.recovered if uploader is not None else None
             hub = Hub(
                 mirror=mirror,
                 uploader=uploader,
                 relay=relay,
-                last_live_at=recovered_at or 0.0,
+                held_at=recovered.written_at if recovered is not None else 0.0,
+                recovered=recovered.messages if recovered is not None else (),
                 status_text=notifier.status,
             )
             agentapi = AgentapiSource(

@@ -15,14 +15,19 @@ from typing import TYPE_CHECKING
 import structlog
 
 from sidecar.agentapi.statefile import StateFileRead
-from sidecar.mirror import Mirror
-from sidecar.models import AgentStatus, Event
+from sidecar.mirror import Mirror, covers
+from sidecar.models import AgentStatus, Event, Message
 from sidecar.uploader import Uploader
 
 if TYPE_CHECKING:
     from sidecar.relay import Relay
 
 log = structlog.get_logger(__name__)
+
+# What the sidecar holds is stamped when it handled it (or spooled it), which on a busy
+# machine is later than agentapi produced it, and so can be later than a state file
+# agentapi saved just after. Only a file older by more than this counts as older.
+RECEIPT_LAG_S = 1.0
 
 
 @dataclass(slots=True)
@@ -33,13 +38,17 @@ class Hub:
     wall_clock: Callable[[], float] = time.time
     reachable: bool = False
     first_contact: asyncio.Event = field(default_factory=asyncio.Event)
-    last_live_at: float = 0.0
+    # Wall time at which the conversation held was current: the last live event, or the
+    # spool's write at the last stop.
+    held_at: float = 0.0
+    # What the spool kept, standing in for the conversation until agentapi has one.
+    recovered: tuple[Message, ...] = ()
     statefile_backlog: StateFileRead | None = None
     # The service manager's one-line status (sd_notify STATUS=), when there is one.
     status_text: Callable[[str], object] = lambda _text: None
 
     def on_event(self, event: Event) -> None:
-        self.last_live_at = self.wall_clock()
+        self.held_at = self.wall_clock()
         # Whatever the state file said before this is older than what agentapi says now.
         self.statefile_backlog = None
         self._apply(event)
@@ -76,7 +85,15 @@ class Hub:
             self.statefile_backlog = read
             return
         self.statefile_backlog = None
-        if read.mtime < self.last_live_at:
-            log.info("statefile.stale", note="older than the live conversation; ignored")
+        messages = read.conversation.messages
+        held = self.mirror.covers(messages) if self.mirror.messages() else None
+        if held is None:
+            held = covers(self.recovered, messages) if self.recovered else False
+        if held:
+            # Also a file saved mid-turn and read late: applying it would only cut words.
+            log.info("statefile.stale", note="adds nothing to the conversation held; ignored")
+            return
+        if read.mtime < self.held_at - RECEIPT_LAG_S:
+            log.info("statefile.stale", note="older than the conversation held; ignored")
             return
         self._apply(read.conversation)

@@ -7,6 +7,7 @@ bounded by what a snapshot can carry.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sidecar.models import (
@@ -28,6 +29,25 @@ class Change:
 
     def __bool__(self) -> bool:
         return self.messages or self.status
+
+
+def covers(held: Sequence[Message], messages: Iterable[Message]) -> bool:
+    """Whether `messages` hold nothing `held` (a snapshot's worth, ascending) lacks: each
+    is held as is or as the start of its longer streamed version, or is older than
+    everything held."""
+    return _covers({m.id: m for m in held}, messages, floor=held[0].id if held else None)
+
+
+def _covers(held: dict[int, Message], messages: Iterable[Message], *, floor: int | None) -> bool:
+    for msg in messages:
+        mine = held.get(msg.id)
+        if mine is None:
+            if floor is not None and msg.id < floor:
+                continue
+            return False
+        if mine.role != msg.role or not mine.content.startswith(msg.content):
+            return False
+    return True
 
 
 NO_CHANGE = Change()
@@ -91,6 +111,13 @@ class Mirror:
         if self._cache is None:
             self._cache = self._window.ordered()
         return self._cache
+
+    def covers(self, messages: Iterable[Message]) -> bool:
+        """Whether `messages` hold nothing this mirror lacks (see `covers`); ids below a
+        full window would not reach a snapshot."""
+        window = self._window.by_id
+        full = len(window) >= self._window.limit
+        return _covers(window, messages, floor=min(window) if full else None)
 
     def apply(self, event: Event) -> Change:
         if isinstance(event, MessageUpdate):

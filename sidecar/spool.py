@@ -13,13 +13,20 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 from uuid import UUID
 
 import structlog
 
-from sidecar.models import Invalid, validate_message
+from sidecar.models import Invalid, Message, validate_message
 
 log = structlog.get_logger(__name__)
+
+
+class Spooled(NamedTuple):
+    body: bytes
+    messages: tuple[Message, ...]
+    written_at: float  # the file's mtime: the conversation was current then
 
 
 class Spool:
@@ -33,18 +40,21 @@ class Spool:
     def path(self) -> Path:
         return self._path
 
-    def load(self) -> bytes | None:
+    def load(self) -> Spooled | None:
         """The spooled body, or None. Never raises for a bad file: it is set aside."""
         try:
-            body = self._path.read_bytes()
+            with self._path.open("rb") as handle:
+                written_at = os.fstat(handle.fileno()).st_mtime
+                body = handle.read()
         except FileNotFoundError:
             return None
         except OSError as exc:
             log.warning("spool.unreadable", path=str(self._path), error=exc.strerror)
             return None
-        problem = _problem(body)
-        if problem is None:
-            return body
+        parsed = _parse(body)
+        if not isinstance(parsed, str):
+            return Spooled(body, parsed, written_at)
+        problem = parsed
         aside = self._path.with_name(f"{self._path.name}.corrupt-{int(time.time())}")
         try:
             os.replace(self._path, aside)
@@ -53,13 +63,6 @@ class Spool:
         else:
             log.warning("spool.corrupt", path=str(self._path), problem=problem, moved_to=str(aside))
         return None
-
-    def written_at(self) -> float | None:
-        """When the spooled body was written (wall clock), or None without one."""
-        try:
-            return self._path.stat().st_mtime
-        except OSError:
-            return None
 
     def save(self, body: bytes) -> bool:
         """Write atomically: temp file, fsync, rename, fsync the directory."""
@@ -95,7 +98,8 @@ class Spool:
         log.info("spool.cleared", path=str(self._path))
 
 
-def _problem(body: bytes) -> str | None:
+def _parse(body: bytes) -> tuple[Message, ...] | str:
+    """The body's messages, or what is wrong with it."""
     try:
         obj = json.loads(body)
     except ValueError:
@@ -104,12 +108,14 @@ def _problem(body: bytes) -> str | None:
         return "not a snapshot body"
     if not obj["messages"]:
         return "empty conversation"
+    messages = []
     for item in obj["messages"]:
         # A message Coder cannot read back would poison the task's logs: never post it.
-        invalid = validate_message(item, "content")
-        if isinstance(invalid, Invalid):
-            return f"invalid message ({invalid.reason})"
-    return None
+        checked = validate_message(item, "content")
+        if isinstance(checked, Invalid):
+            return f"invalid message ({checked.reason})"
+        messages.append(checked)
+    return tuple(messages)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -54,7 +54,7 @@ class Uploader:
         "_urgent",
         "_wake",
         "_wall_clock",
-        "recovered_at",
+        "recovered",
     )
 
     def __init__(
@@ -96,11 +96,10 @@ class Uploader:
         self._rejected: bytes | None = None
         self._body_cache: tuple[int, bytes | None] = (-1, None)
         # A body recovered from the spool: delivered unless something newer is first.
-        self._spooled: bytes | None = spool.load() if spool is not None else None
-        self.recovered_at: float | None = None
-        if self._spooled is not None:
-            assert spool is not None
-            self.recovered_at = spool.written_at()
+        self.recovered = spool.load() if spool is not None else None
+        self._spooled: bytes | None = None
+        if self.recovered is not None:
+            self._spooled = self.recovered.body
             log.info("spool.recovered", bytes=len(self._spooled))
             self._mark_dirty()
 

@@ -38,10 +38,15 @@ def contents(hub: Hub) -> list[str]:
     return [m.content for m in hub.mirror.messages()]
 
 
-def make(last_live_at: float = 0.0) -> tuple[Hub, Clock]:
+def make(held_at: float = 0.0, recovered: tuple[Message, ...] = ()) -> tuple[Hub, Clock]:
     clock = Clock()
     hub = Hub(
-        mirror=Mirror(10), uploader=None, relay=None, wall_clock=clock, last_live_at=last_live_at
+        mirror=Mirror(10),
+        uploader=None,
+        relay=None,
+        wall_clock=clock,
+        held_at=held_at,
+        recovered=recovered,
     )
     return hub, clock
 
@@ -91,12 +96,49 @@ def test_older_state_file_is_ignored_after_live_events() -> None:
     assert contents(hub) == ["live"]
 
 
+def test_file_saved_at_exit_wins_although_the_last_event_was_handled_after_it() -> None:
+    # agentapi sent its last event, saved its file on exit, and the busy sidecar handled
+    # the event a moment after the file's mtime.
+    hub, clock = make()
+    hub.on_reachable(True)
+    hub.on_event(MessageUpdate(msg(0, "working on it")))
+    hub.on_reachable(False)
+    hub.on_statefile(read(clock.now - 0.05, "working on it. Final words."))
+    assert contents(hub) == ["working on it. Final words."]
+
+
+def test_file_saved_mid_turn_and_read_late_cuts_no_words() -> None:
+    hub, clock = make()
+    hub.on_reachable(True)
+    saved_at = clock.now
+    clock.now += 0.3
+    hub.on_event(MessageUpdate(msg(0, "Reading parser.py: the tokenizer drops the last line.")))
+    hub.on_reachable(False)  # killed; a polling watcher only now sees the earlier save
+    hub.on_statefile(read(saved_at, "Reading parser.py"))
+    assert contents(hub) == ["Reading parser.py: the tokenizer drops the last line."]
+
+
 def test_state_file_older_than_the_recovered_spool_is_ignored() -> None:
-    hub, _ = make(last_live_at=950.0)
+    hub, _ = make(held_at=950.0, recovered=(msg(0, "spooled"),))
     hub.on_statefile(read(940.0, "older than the spool"))
     assert contents(hub) == []
     hub.on_statefile(read(960.0, "newer than the spool"))
     assert contents(hub) == ["newer than the spool"]
+
+
+def test_state_file_the_spool_already_holds_is_ignored_however_close_in_time() -> None:
+    # Saved before the last turn; the sidecar spooled that turn a moment later.
+    spooled = (msg(0, "Fix the parser"), msg(1, "Done: all tests pass."))
+    hub, _ = make(held_at=950.0, recovered=spooled)
+    hub.on_statefile(read(949.8, "Fix the parser"))
+    assert contents(hub) == []
+
+
+def test_state_file_saved_at_exit_just_before_the_spool_is_applied() -> None:
+    # agentapi saved its final words, the sidecar spooled what it had seen a moment later.
+    hub, _ = make(held_at=950.0, recovered=(msg(0, "Done"),))
+    hub.on_statefile(read(949.8, "Done: all tests pass."))
+    assert contents(hub) == ["Done: all tests pass."]
 
 
 def test_disconnect_mid_replay_keeps_the_previous_history() -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.mirror import Mirror
+from sidecar.mirror import Mirror, covers
 from sidecar.models import (
     AgentError,
     AgentStatus,
@@ -153,3 +153,38 @@ def test_status_change_alone() -> None:
 def test_rejects_nonpositive_window() -> None:
     with pytest.raises(ValueError, match="positive"):
         Mirror(0)
+
+
+@pytest.mark.parametrize(
+    ("held", "other", "covered"),
+    [
+        ([], [], True),
+        ([], [msg(0)], False),
+        ([msg(0, "hello world")], [msg(0, "hello")], True),  # an earlier streamed version
+        ([msg(0, "hello world")], [msg(0, "hello world")], True),
+        ([msg(0, "hello")], [msg(0, "hello world")], False),  # the other has more words
+        ([msg(0, "hello")], [msg(0, "help")], False),  # different, not an earlier version
+        ([msg(0, "hi", "user")], [msg(0, "hi", "agent")], False),
+        ([msg(0), msg(1)], [msg(0)], True),  # fewer messages: nothing new
+        ([msg(0)], [msg(0), msg(1)], False),  # a message the mirror lacks
+        ([msg(7), msg(8), msg(9)], [msg(2), msg(8), msg(9)], True),  # 2 fell out of the window
+        ([msg(8), msg(9)], [msg(2), msg(8), msg(9)], False),  # window not full: 2 is missing
+    ],
+)
+def test_covers_only_what_adds_nothing(
+    held: list[Message], other: list[Message], covered: bool
+) -> None:
+    mirror = Mirror(3)
+    for m in held:
+        mirror.apply(MessageUpdate(m))
+    assert mirror.covers(tuple(other)) is covered
+
+
+def test_covers_a_snapshot_ignores_what_is_older_than_it() -> None:
+    # A snapshot's worth is all there is: what precedes it never reaches Coder.
+    spooled = [msg(8), msg(9, "done, all tests pass")]
+    assert covers(spooled, [msg(2), msg(8), msg(9, "done")])
+    assert not covers(spooled, [msg(9, "done, all tests pass!")])
+    assert not covers(spooled, [msg(10)])
+    assert not covers([], [msg(0)])
+    assert covers([], [])

@@ -6,6 +6,7 @@ from uuid import UUID
 
 import pytest
 
+from sidecar.models import Message
 from sidecar.spool import Spool
 
 TASK = UUID("7c9e6679-7425-40de-944b-e07fc1f90ae7")
@@ -15,12 +16,21 @@ BODY = json.dumps(
 ).encode()
 
 
+def body(spool: Spool) -> bytes | None:
+    loaded = spool.load()
+    return loaded.body if loaded is not None else None
+
+
 def test_roundtrip_and_clear(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "state", TASK)
     assert spool.load() is None
     assert spool.save(BODY)
     assert spool.path == tmp_path / "state" / f"{TASK}.json"
-    assert Spool(tmp_path / "state", TASK).load() == BODY
+    loaded = Spool(tmp_path / "state", TASK).load()
+    assert loaded is not None
+    assert loaded.body == BODY
+    assert loaded.messages == (Message(0, "user", "hi", "2026-01-01T00:00:00Z"),)
+    assert loaded.written_at == spool.path.stat().st_mtime
     spool.clear()
     assert spool.load() is None
     spool.clear()  # idempotent
@@ -31,7 +41,7 @@ def test_save_replaces_atomically_and_leaves_no_temp_files(tmp_path: Path) -> No
     spool.save(BODY)
     newer = BODY.replace(b'"hi"', b'"hello"')
     spool.save(newer)
-    assert spool.load() == newer
+    assert body(spool) == newer
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{TASK}.json"]
 
 
@@ -65,7 +75,7 @@ def test_corrupt_file_is_moved_aside(tmp_path: Path, content: bytes) -> None:
     assert aside[0].read_bytes() == content
     # The slot is usable again.
     assert spool.save(BODY)
-    assert spool.load() == BODY
+    assert body(spool) == BODY
 
 
 def test_unwritable_directory_reports_failure(tmp_path: Path) -> None:
