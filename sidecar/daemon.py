@@ -102,8 +102,8 @@ class Daemon:
             mirror = Mirror(s.sidecar_snapshot_max_messages)
             uploader = self._make_uploader(coder, mirror)
             relay = self._make_relay(coder)
-            # A body spooled at the last stop is as new as its file: an older state file
-            # must not replace it.
+            # A body spooled at the last stop is as new as its file: a state file that is
+            # older, or adds nothing to it, must not replace it.
             recovered = uploader.recovered if uploader is not None else None
             hub = Hub(
                 mirror=mirror,

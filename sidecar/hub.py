@@ -86,10 +86,11 @@ class Hub:
             return
         self.statefile_backlog = None
         messages = read.conversation.messages
-        held = self.mirror.covers(messages) if self.mirror.messages() else None
-        if held is None:
-            held = covers(self.recovered, messages) if self.recovered else False
-        if held:
+        if self.mirror.messages():
+            adds_nothing = self.mirror.covers(messages)
+        else:
+            adds_nothing = bool(self.recovered) and covers(self.recovered, messages)
+        if adds_nothing:
             # Also a file saved mid-turn and read late: applying it would only cut words.
             log.info("statefile.stale", note="adds nothing to the conversation held; ignored")
             return
