@@ -25,7 +25,7 @@ import re
 import signal
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -221,16 +221,31 @@ async def time_to_stored_and_exit(
     run.to_exit_ms = (time.monotonic() - started) * 1000
 
 
-async def run_daemon(case: Case, home: Path, session: aiohttp.ClientSession) -> Run:
-    run = Run()
+@contextlib.asynccontextmanager
+async def fakes(
+    run: Run,
+    case: Case,
+    seed: list[tuple[str, str]],
+    session: aiohttp.ClientSession,
+) -> AsyncIterator[tuple[FakeAgentapi, FakeCoder, str, str]]:
+    """Both fakes served, agentapi holding `seed`; afterwards, what Coder stored is judged
+    against the case's final conversation and read back."""
     agentapi, coder = FakeAgentapi(), FakeCoder()
-    for role, content in case.settle:
+    for role, content in seed:
         agentapi.add_message(role, content)
     async with serve(agentapi.app) as a_srv, serve(coder.app) as c_srv:
+        yield agentapi, coder, a_srv.url, c_srv.url
+        finish(run, coder, case.final)
+        run.readback = await readback(session, c_srv.url, coder)
+
+
+async def run_daemon(case: Case, home: Path, session: aiohttp.ClientSession) -> Run:
+    run = Run()
+    async with fakes(run, case, case.settle, session) as (agentapi, coder, a_url, c_url):
         env = env_for(
             home,
-            a_srv.url,
-            c_srv.url,
+            a_url,
+            c_url,
             coder,
             SIDECAR_SNAPSHOT_INTERVAL="600",  # after settling only SIGTERM can post
             SIDECAR_HTTP_ADDR="127.0.0.1:0",
@@ -256,18 +271,13 @@ async def run_daemon(case: Case, home: Path, session: aiohttp.ClientSession) -> 
             await time_to_stored_and_exit(run, proc, coder, case.final, accepted_before, started)
         finally:
             await proc.kill()
-        finish(run, coder, case.final)
-        run.readback = await readback(session, c_srv.url, coder)
     return run
 
 
 async def run_oneshot(case: Case, home: Path, session: aiohttp.ClientSession) -> Run:
     run = Run()
-    agentapi, coder = FakeAgentapi(), FakeCoder()
-    for role, content in case.final:
-        agentapi.add_message(role, content)
-    async with serve(agentapi.app) as a_srv, serve(coder.app) as c_srv:
-        env = env_for(home, a_srv.url, c_srv.url, coder)
+    async with fakes(run, case, case.final, session) as (_, coder, a_url, c_url):
+        env = env_for(home, a_url, c_url, coder)
         proc = SidecarProcess(env, ["snapshot"])
         started = time.monotonic()
         await proc.start()
@@ -276,18 +286,13 @@ async def run_oneshot(case: Case, home: Path, session: aiohttp.ClientSession) ->
             await time_to_stored_and_exit(run, proc, coder, case.final, 0, started)
         finally:
             await proc.kill()
-        finish(run, coder, case.final)
-        run.readback = await readback(session, c_srv.url, coder)
     return run
 
 
 async def run_baseline(case: Case, home: Path, session: aiohttp.ClientSession) -> Run:
     run = Run()
-    agentapi, coder = FakeAgentapi(), FakeCoder()
-    for role, content in case.final:
-        agentapi.add_message(role, content)
-    async with serve(agentapi.app) as a_srv, serve(coder.app) as c_srv:
-        env = env_for(home, a_srv.url, c_srv.url, coder)
+    async with fakes(run, case, case.final, session) as (_, coder, a_url, c_url):
+        env = env_for(home, a_url, c_url, coder)
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             "bash",
@@ -311,8 +316,6 @@ async def run_baseline(case: Case, home: Path, session: aiohttp.ClientSession) -
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-        finish(run, coder, case.final)
-        run.readback = await readback(session, c_srv.url, coder)
     return run
 
 

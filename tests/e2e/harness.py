@@ -129,6 +129,11 @@ class SidecarProcess:
             await asyncio.gather(*self._readers)
         return code
 
+    async def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, as systemd or a container runtime stops it; its exit code."""
+        self.signal(signal.SIGTERM)
+        return await self.wait(timeout)
+
     async def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()

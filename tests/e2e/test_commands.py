@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import uuid
 from pathlib import Path
 
@@ -83,8 +82,7 @@ async def test_snapshot_with_coder_down_spools_then_the_daemon_delivers_it(
     )
     await proc.wait_log("spool.cleared")
     assert not spooled.exists()
-    proc.signal(signal.SIGTERM)
-    assert await proc.wait() == 0
+    assert await proc.stop() == 0
 
 
 async def test_check_reports_ok(

@@ -55,8 +55,7 @@ async def test_snapshot_follows_the_conversation(
     ev = await proc.wait_log("snapshot.posted")
     assert ev["status"] == 204
     assert ev["bytes"] > 0
-    proc.signal(signal.SIGTERM)
-    assert await proc.wait() == 0
+    assert await proc.stop() == 0
     assert proc.events("shutdown.complete")[0]["snapshot_delivered"] is True
 
 
@@ -85,8 +84,7 @@ async def test_sigterm_posts_the_newest_content_and_exits_zero(
     await wait_events_seen(proc, url, 2)
     # Inside the 600 s interval nothing else is posted: only the stop can deliver this.
     assert stored_contents(coder) == ["Summarize the repo"]
-    proc.signal(signal.SIGTERM)
-    assert await proc.wait() == 0
+    assert await proc.stop() == 0
     assert stored_contents(coder) == [
         "Summarize the repo",
         "The repo holds a daemon and its tests.",
@@ -117,8 +115,7 @@ async def test_sigterm_after_agentapi_died_still_posts_last_known_conversation(
     await wait_events_seen(proc, f"http://127.0.0.1:{listening['port']}", 2)
     await fake_agentapi.server.stop()
     await proc.wait_log("agentapi.unreachable")
-    proc.signal(signal.SIGTERM)
-    assert await proc.wait() == 0
+    assert await proc.stop() == 0
     assert stored_contents(coder) == [
         "Write a haiku",
         "Old pond / a frog jumps in / sound of water",
@@ -170,8 +167,7 @@ async def test_token_never_appears_in_output(
     await proc.wait_log("snapshot.unauthorized")
     token_file.write_text(new)
     await coder.wait_for(lambda: stored_contents(coder) == ["hi"], timeout=15)
-    proc.signal(signal.SIGTERM)
-    assert await proc.wait() == 0
+    assert await proc.stop() == 0
     out = proc.output()
     assert proc.events("token.file_exposed")
     assert old not in out

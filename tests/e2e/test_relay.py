@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import signal
 from pathlib import Path
 
 from tests.e2e.conftest import SidecarFactory
@@ -58,8 +57,7 @@ async def test_relay_reports_turns_errors_and_death(
     # agentapi dies: after the grace period, failure "agent is not responding".
     await fake_agentapi.server.stop()
     await coder.wait_for(lambda: states(coder)[-1] == ("failure", "agent is not responding"), 10)
-    proc.signal(signal.SIGTERM)
-    assert await proc.wait() == 0
+    assert await proc.stop() == 0
     # No PATCH on stop by default, and never the same report twice in a row.
     assert states(coder)[-1] == ("failure", "agent is not responding")
     pairs = states(coder)
@@ -78,8 +76,7 @@ async def test_relay_on_stop_sends_the_configured_state(
         relay_env(tmp_path, fake_agentapi.url, fake_coder, SIDECAR_RELAY_ON_STOP="complete")
     )
     await coder.wait_for(lambda: len(coder.app_statuses) == 1, 10)
-    proc.signal(signal.SIGTERM)
-    assert await proc.wait() == 0
+    assert await proc.stop() == 0
     assert [s.state for s in coder.app_statuses] == ["idle", "complete"]
 
 
@@ -99,6 +96,5 @@ async def test_unknown_slug_is_reported_and_not_retried(
     await fake_coder.fake.wait_for(lambda: fake_coder.fake.stored_snapshot() is not None, 10)
     patches = [r for r in fake_coder.fake.requests if r.method == "PATCH"]
     assert len(patches) == 1
-    proc.signal(signal.SIGTERM)
-    assert await proc.wait() == 0
+    assert await proc.stop() == 0
     assert len([r for r in fake_coder.fake.requests if r.method == "PATCH"]) == 1

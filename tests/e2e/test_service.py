@@ -109,8 +109,7 @@ async def test_health_endpoints_over_http(
     assert 'sidecar_snapshot_posts_total{result="ok",status="204"} 1.0' in text
     assert "sidecar_snapshot_pending_age_seconds 0.0" in text
     assert "sidecar_agentapi_connected 0.0" in text
-    proc.signal(signal.SIGTERM)
-    assert await proc.wait() == 0
+    assert await proc.stop() == 0
 
 
 async def test_state_file_speaks_while_agentapi_is_down(
@@ -148,8 +147,7 @@ async def test_state_file_speaks_while_agentapi_is_down(
     await fake_coder.fake.wait_for(
         lambda: (stored_contents(fake_coder.fake) or [""])[-1] == "live again", 10
     )
-    proc.signal(signal.SIGTERM)
-    assert await proc.wait() == 0
+    assert await proc.stop() == 0
     assert stored_contents(fake_coder.fake) == [
         "from the state file",
         "written later",

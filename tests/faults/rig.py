@@ -339,8 +339,7 @@ class Rig:
 
     async def sigterm(self, timeout: float = 15.0) -> int:
         """Stop the newest sidecar as systemd would; its exit code."""
-        self.proc.signal(signal.SIGTERM)
-        return await self.proc.wait(timeout)
+        return await self.proc.stop(timeout)
 
     async def sigkill(self) -> int:
         self.proc.signal(signal.SIGKILL)
