@@ -14,13 +14,13 @@ import aiohttp
 
 from sidecar.agentapi.client import AgentapiClient
 from sidecar.agentapi.source import AgentapiSource
-from sidecar.coder import CoderClient
+from sidecar.coder.client import CoderClient
+from sidecar.coder.session import make_session
+from sidecar.coder.token import TokenSource
 from sidecar.hub import Hub
-from sidecar.metrics import Metrics
 from sidecar.mirror import Mirror
-from sidecar.relay import Relay, RelayPolicy
-from sidecar.session import make_session
-from sidecar.token import TokenSource
+from sidecar.relay.policy import Relay, RelayPolicy
+from sidecar.runtime.metrics import Metrics
 from sidecar.uploader import Uploader
 
 

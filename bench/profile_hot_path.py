@@ -26,7 +26,6 @@ import json
 import os
 import pstats
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ from _pipeline import Pipeline
 
 from sidecar import snapshot
 from sidecar.models import SNAPSHOT_MAX_BYTES, Message
+from tests.tools import find_tool
 
 CHUNK = 64 * 1024
 
@@ -253,7 +253,7 @@ def profile_snapshot(top: int, quick: bool) -> None:
 
 
 def profile_startup(top: int, quick: bool) -> None:
-    exe = shutil.which("coder-task-sidecar")
+    exe = find_tool("coder-task-sidecar")
     if exe is None:
         _common.note("coder-task-sidecar is not installed: start-up skipped")
         return
@@ -292,7 +292,7 @@ def profile_startup(top: int, quick: bool) -> None:
         teardown[label] = []
         code = (
             "import os, sys, time\n"
-            "import sidecar.cli, sidecar.daemon, sidecar.oneshot\n"
+            "import sidecar.cli, sidecar.runtime.daemon, sidecar.oneshot\n"
             + before
             + "sys.stderr.write(repr(time.time()))\nsys.stderr.flush()\n"
             + after
@@ -374,7 +374,7 @@ def profile_startup(top: int, quick: bool) -> None:
                 "pydantic_settings",
                 "structlog",
                 "prometheus_client",
-                "sidecar.health",
+                "sidecar.runtime.health",
             )
         ],
     )

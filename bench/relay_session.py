@@ -41,9 +41,9 @@ from typing import Any
 import _common  # first: puts the repo root on sys.path
 import aiohttp
 
-from sidecar.coder import CoderClient, Outcome, Result
+from sidecar.coder.client import CoderClient, Outcome, Result
+from sidecar.coder.token import TokenSource
 from sidecar.hub import Hub
-from sidecar.metrics import Metrics
 from sidecar.mirror import Mirror
 from sidecar.models import (
     AgentStatus,
@@ -54,8 +54,8 @@ from sidecar.models import (
     ReplayStarted,
     StatusChange,
 )
-from sidecar.relay import Relay, RelayPolicy, StatusReport
-from sidecar.token import TokenSource
+from sidecar.relay.policy import Relay, RelayPolicy, StatusReport
+from sidecar.runtime.metrics import Metrics
 from tests.fakes.coder import FakeCoder
 from tests.fakes.server import serve
 

@@ -33,13 +33,13 @@ import _common  # first: puts the repo root on sys.path
 import _fakes_proc
 import aiohttp
 
-from sidecar.coder import CoderClient
+from sidecar.coder.client import CoderClient
+from sidecar.coder.token import TokenSource
 from sidecar.hub import Hub
-from sidecar.metrics import Metrics
 from sidecar.mirror import Mirror
 from sidecar.models import AgentStatus, Message, MessageUpdate, ReplayStarted, StatusChange
-from sidecar.relay import Relay, RelayPolicy
-from sidecar.token import TokenSource
+from sidecar.relay.policy import Relay, RelayPolicy
+from sidecar.runtime.metrics import Metrics
 from sidecar.uploader import Uploader
 from tests.e2e.harness import SidecarProcess, base_env
 from tests.fakes.agentapi import FakeAgentapi

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from sidecar.agentapi.client import AgentapiClient, AgentapiError
-from sidecar.coder import CoderClient, Outcome, Result
+from sidecar.coder.client import CoderClient, Outcome, Result
+from sidecar.coder.session import make_session, make_token
 from sidecar.config import Settings
 from sidecar.models import AgentStatus, AppState
-from sidecar.session import make_session, make_token
 
 
 @dataclass(frozen=True, slots=True)

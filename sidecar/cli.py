@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _command(command: str, settings: Settings) -> int:
     if command == "run":
-        from sidecar.daemon import Daemon
+        from sidecar.runtime.daemon import Daemon
 
         return await Daemon(settings).run()
     if command == "snapshot":

@@ -17,8 +17,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from sidecar.addr import parse_http_addr
+from sidecar.coder.token import TokenError, read_token_file
 from sidecar.models import SNAPSHOT_MAX_BYTES, AppState
-from sidecar.token import TokenError, read_token_file
 
 
 class ConfigError(Exception):

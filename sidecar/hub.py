@@ -20,7 +20,7 @@ from sidecar.models import AgentStatus, Event, Message
 from sidecar.uploader import Uploader
 
 if TYPE_CHECKING:
-    from sidecar.relay import Relay
+    from sidecar.relay.policy import Relay
 
 log = structlog.get_logger(__name__)
 

@@ -7,12 +7,12 @@ import structlog
 from sidecar.agentapi.client import AgentapiClient, AgentapiError
 from sidecar.agentapi.source import InvalidCounter
 from sidecar.agentapi.statefile import StateFileSource
-from sidecar.coder import CoderClient
+from sidecar.coder.client import CoderClient
+from sidecar.coder.session import make_session, make_token
 from sidecar.config import Settings
-from sidecar.metrics import Metrics
 from sidecar.mirror import Mirror
 from sidecar.models import Conversation
-from sidecar.session import make_session, make_token
+from sidecar.runtime.metrics import Metrics
 from sidecar.spool import Spool
 from sidecar.uploader import Uploader
 

@@ -15,11 +15,11 @@ import structlog
 
 from sidecar import snapshot
 from sidecar.backoff import Deadline
-from sidecar.coder import CoderClient, Outcome, Result
-from sidecar.metrics import Metrics
+from sidecar.coder.client import CoderClient, Outcome, Result
+from sidecar.coder.retry import RetryPolicy
 from sidecar.mirror import Mirror
 from sidecar.models import SNAPSHOT_MAX_BYTES
-from sidecar.retry import RetryPolicy
+from sidecar.runtime.metrics import Metrics
 from sidecar.spool import Spool
 
 log = structlog.get_logger(__name__)

@@ -20,8 +20,8 @@ from prometheus_client import Counter
 from sidecar.agentapi.client import AgentapiClient, AgentapiError
 from sidecar.agentapi.sse import SSEParser
 from sidecar.backoff import Backoff
-from sidecar.metrics import Metrics
 from sidecar.models import Conversation, Event, Invalid, ReplayStarted, parse_sse_event
+from sidecar.runtime.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 

@@ -13,7 +13,7 @@ import structlog
 
 from sidecar.agentapi.source import InvalidCounter
 from sidecar.models import Conversation, Invalid, parse_state_file
-from sidecar.watch import watch_file
+from sidecar.runtime.watch import watch_file
 
 log = structlog.get_logger(__name__)
 

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,13 +17,7 @@ from typing import Any
 
 from tests.fakes.coder import FakeCoder
 from tests.fakes.server import Served
-
-
-def sidecar_command() -> list[str]:
-    exe = shutil.which("coder-task-sidecar")
-    if exe is None:
-        raise RuntimeError("coder-task-sidecar is not installed: pip install -e '.[test]'")
-    return [exe]
+from tests.tools import sidecar_command
 
 
 def base_env(home: Path, **settings: str) -> dict[str, str]:

@@ -17,13 +17,13 @@ import pytest
 from sidecar.agentapi.client import AgentapiClient
 from sidecar.agentapi.source import AgentapiSource
 from sidecar.backoff import Backoff
-from sidecar.coder import CoderClient
+from sidecar.coder.client import CoderClient
+from sidecar.coder.retry import RetryPolicy
+from sidecar.coder.token import TokenSource
 from sidecar.hub import Hub
-from sidecar.metrics import Metrics
 from sidecar.mirror import Mirror
-from sidecar.retry import RetryPolicy
+from sidecar.runtime.metrics import Metrics
 from sidecar.spool import Spool
-from sidecar.token import TokenSource
 from sidecar.uploader import Uploader
 from tests.conftest import AgentapiFactory, CoderFactory
 from tests.fakes.agentapi import FakeAgentapi

@@ -17,17 +17,17 @@ import pytest
 from structlog.testing import capture_logs
 
 from sidecar.backoff import Backoff
-from sidecar.coder import CoderClient
-from sidecar.metrics import Metrics
+from sidecar.coder.client import CoderClient
+from sidecar.coder.retry import RetryPolicy
+from sidecar.coder.token import TokenSource
 from sidecar.models import (
     AgentError,
     AppState,
     ErrorLevel,
     ReplayStarted,
 )
-from sidecar.relay import Relay, RelayPolicy
-from sidecar.retry import RetryPolicy
-from sidecar.token import TokenSource
+from sidecar.relay.policy import Relay, RelayPolicy
+from sidecar.runtime.metrics import Metrics
 from tests.conftest import CoderFactory
 from tests.events import STABLE, agent, at, user
 from tests.fakes.coder import FakeCoder, RecordedRequest

@@ -11,11 +11,11 @@ from uuid import UUID
 import pytest
 
 from sidecar.backoff import Backoff
-from sidecar.coder import Outcome, Result, classify
-from sidecar.metrics import Metrics
+from sidecar.coder.client import Outcome, Result, classify
+from sidecar.coder.retry import RetryPolicy
 from sidecar.mirror import Mirror
 from sidecar.models import Message, MessageUpdate
-from sidecar.retry import RetryPolicy
+from sidecar.runtime.metrics import Metrics
 from sidecar.spool import Spool
 from sidecar.uploader import Uploader
 

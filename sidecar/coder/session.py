@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import aiohttp
 
+from sidecar.coder.token import TokenSource
 from sidecar.config import Settings
-from sidecar.token import TokenSource
 
 
 def make_token(settings: Settings) -> TokenSource:

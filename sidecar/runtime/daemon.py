@@ -18,19 +18,19 @@ from sidecar.agentapi.client import AgentapiClient
 from sidecar.agentapi.source import AgentapiSource, InvalidCounter
 from sidecar.agentapi.statefile import StateFileSource
 from sidecar.backoff import Deadline
-from sidecar.coder import CoderClient
+from sidecar.coder.client import CoderClient
+from sidecar.coder.session import make_session, make_token
+from sidecar.coder.token import TokenSource
 from sidecar.config import Settings
-from sidecar.health import HealthServer, Readiness
 from sidecar.hub import Hub
-from sidecar.metrics import Metrics
 from sidecar.mirror import Mirror
-from sidecar.relay import Relay, RelayPolicy
-from sidecar.session import make_session, make_token
+from sidecar.relay.policy import Relay, RelayPolicy
+from sidecar.runtime.health import HealthServer, Readiness
+from sidecar.runtime.metrics import Metrics
+from sidecar.runtime.systemd import Notifier
+from sidecar.runtime.watch import watch_file
 from sidecar.spool import Spool
-from sidecar.systemd import Notifier
-from sidecar.token import TokenSource
 from sidecar.uploader import Uploader
-from sidecar.watch import watch_file
 
 log = structlog.get_logger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Final
 
 from sidecar.backoff import Backoff
-from sidecar.coder import Outcome, Result
+from sidecar.coder.client import Outcome, Result
 
 NOT_FOUND_FLOOR_S: Final = 60.0
 UNAUTHORIZED_FLOOR_S: Final = 1.0

@@ -35,8 +35,8 @@ from typing import Final, Protocol
 import structlog
 
 from sidecar.backoff import Deadline
-from sidecar.coder import Outcome, Result
-from sidecar.metrics import Metrics
+from sidecar.coder.client import Outcome, Result
+from sidecar.coder.retry import RetryPolicy
 from sidecar.models import (
     AgentError,
     AgentStatus,
@@ -49,7 +49,7 @@ from sidecar.models import (
     ReplayStarted,
     StatusChange,
 )
-from sidecar.retry import RetryPolicy
+from sidecar.runtime.metrics import Metrics
 from sidecar.summary import summarize_first_line, summarize_last_line, summarize_text
 
 __all__ = ["NOT_RESPONDING", "Relay", "RelayPolicy", "StatusClient", "StatusReport"]
@@ -327,7 +327,7 @@ class RelayPolicy:
 
 
 class StatusClient(Protocol):
-    """What the relay needs of sidecar.coder.CoderClient."""
+    """What the relay needs of sidecar.coder.client.CoderClient."""
 
     async def patch_app_status(
         self, *, slug: str, state: AppState, message: str, uri: str

@@ -1,4 +1,4 @@
-"""Narrow HTTP client tests: what goes on the wire and how answers are classified."""
+"""Narrow Coder client tests: what goes on the wire and how answers are classified."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ import pytest
 from aioresponses import CallbackResult, aioresponses
 from yarl import URL
 
-from sidecar.agentapi.client import AgentapiClient, AgentapiError
-from sidecar.coder import CoderClient, Outcome
-from sidecar.models import AgentStatus, AppState
-from sidecar.token import TokenSource
+from sidecar.coder.client import CoderClient, Outcome
+from sidecar.coder.token import TokenSource
+from sidecar.models import AppState
 
 BASE = "https://coder.example.com"
 TASK = UUID("7c9e6679-7425-40de-944b-e07fc1f90ae7")
@@ -164,50 +163,3 @@ async def test_rotated_token_is_sent(session: aiohttp.ClientSession, tmp_path: o
         await client.post_log_snapshot(TASK, b"{}")
         call = next(iter(m.requests.values()))[0]
     assert call.kwargs["headers"]["Coder-Session-Token"] == new
-
-
-async def test_agentapi_client(session: aiohttp.ClientSession) -> None:
-    base = "http://localhost:3284"
-    client = AgentapiClient(session=session, base_url=base)
-    with aioresponses() as m:
-        m.get(
-            base + "/status",
-            payload={"status": "running", "agent_type": "claude", "transport": "pty"},
-        )
-        m.get(
-            base + "/messages",
-            payload={
-                "messages": [
-                    {"id": 0, "content": "hi", "role": "user", "time": "2026-01-01T00:00:00Z"},
-                    {"id": 1, "content": "x", "role": "tool", "time": "2026-01-01T00:00:00Z"},
-                ]
-            },
-        )
-        m.get(base + "/status", status=500)
-        m.get(base + "/status", body=b"not json")
-        m.get(base + "/events", status=404)
-        assert await client.status() is AgentStatus.RUNNING
-        good, bad = await client.messages()
-        assert [msg.content for msg in good] == ["hi"]
-        assert [b.reason for b in bad] == ["role"]
-        with pytest.raises(AgentapiError, match="500"):
-            await client.status()
-        with pytest.raises(AgentapiError, match="json"):
-            await client.status()
-        with pytest.raises(AgentapiError) as info:
-            async with client.events():
-                pass
-        assert info.value.status == 404
-
-
-async def test_agentapi_unreachable(session: aiohttp.ClientSession) -> None:
-    client = AgentapiClient(session=session, base_url="http://localhost:3284")
-    with aioresponses() as m:
-        m.get("http://localhost:3284/status", exception=aiohttp.ClientConnectionError("refused"))
-        m.get("http://localhost:3284/events", exception=TimeoutError())
-        with pytest.raises(AgentapiError, match="refused") as info:
-            await client.status()
-        assert info.value.status is None
-        with pytest.raises(AgentapiError, match="timed out"):
-            async with client.events():
-                pass

@@ -9,7 +9,7 @@ import pytest
 import structlog
 
 from sidecar import log as sidecar_log
-from sidecar.token import TokenError, TokenSource, read_token_file
+from sidecar.coder.token import TokenError, TokenSource, read_token_file
 
 A = "11111111-2222-4333-8444-555555555555"
 B = "99999999-8888-4777-8666-555555555555"

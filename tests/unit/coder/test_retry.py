@@ -5,8 +5,8 @@ import random
 import pytest
 
 from sidecar.backoff import Backoff
-from sidecar.coder import Result, classify
-from sidecar.retry import NOT_FOUND_FLOOR_S, UNAUTHORIZED_FLOOR_S, RetryPolicy
+from sidecar.coder.client import Result, classify
+from sidecar.coder.retry import NOT_FOUND_FLOOR_S, UNAUTHORIZED_FLOOR_S, RetryPolicy
 
 
 def result(status: int | None, retry_after: float | None = None) -> Result:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from sidecar.systemd import Notifier
+from sidecar.runtime.systemd import Notifier
 
 RECV_DEADLINE = 5.0
 # sockaddr_un.sun_path is 108 bytes including the terminator.

@@ -25,7 +25,7 @@ from sidecar.models import (
     ReplayStarted,
     StatusChange,
 )
-from sidecar.relay import NOT_RESPONDING, RelayPolicy, StatusReport
+from sidecar.relay.policy import NOT_RESPONDING, RelayPolicy, StatusReport
 
 Step: TypeAlias = Event | Literal["down", "up"]
 Case: TypeAlias = list[tuple[Step, StatusReport | None]]

@@ -10,8 +10,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.addr import parse_http_addr
-from sidecar.health import HealthServer, Readiness
-from sidecar.metrics import Metrics
+from sidecar.runtime.health import HealthServer, Readiness
+from sidecar.runtime.metrics import Metrics
 
 READY = Readiness(True, ())
 TIMEOUT = aiohttp.ClientTimeout(total=10)

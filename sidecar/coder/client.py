@@ -20,8 +20,8 @@ import aiohttp
 import structlog
 
 from sidecar.backoff import parse_retry_after
+from sidecar.coder.token import TokenSource
 from sidecar.models import AppState
-from sidecar.token import TokenSource
 
 log = structlog.get_logger(__name__)
 

@@ -20,8 +20,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from sidecar.backoff import Backoff
-from sidecar.coder import Outcome, Result
-from sidecar.metrics import Metrics
+from sidecar.coder.client import Outcome, Result
+from sidecar.coder.retry import RetryPolicy
 from sidecar.models import (
     AgentError,
     AppState,
@@ -29,8 +29,8 @@ from sidecar.models import (
     Event,
     ReplayStarted,
 )
-from sidecar.relay import NOT_RESPONDING, Relay, RelayPolicy, StatusReport
-from sidecar.retry import RetryPolicy
+from sidecar.relay.policy import NOT_RESPONDING, Relay, RelayPolicy, StatusReport
+from sidecar.runtime.metrics import Metrics
 from tests.events import RUNNING, STABLE, agent, at, user
 
 DEADLINE = 5.0
