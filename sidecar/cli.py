@@ -46,11 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: str = args.command or "run"
     try:
         settings = _settings(command)
+        configure(settings.sidecar_log_level.value, settings.sidecar_log_format)
+        code = asyncio.run(_command(command, settings))
     except ConfigError as exc:
         print(f"coder-task-sidecar: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    configure(settings.sidecar_log_level.value, settings.sidecar_log_format)
-    code = asyncio.run(_command(command, settings))
     # The work is done: spare the interpreter's teardown a walk over every object the
     # imports made (~80 ms), which a service manager would count as stop time.
     gc.freeze()

@@ -14,13 +14,19 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from sidecar.agentapi.statefile import StateFileRead
 from sidecar.mirror import Mirror, covers
-from sidecar.models import AgentStatus, Event, Message
+from sidecar.models import (
+    AgentError,
+    AgentStatus,
+    Event,
+    Message,
+    ReplayStarted,
+    StateFileRead,
+)
 from sidecar.uploader import Uploader
 
 if TYPE_CHECKING:
-    from sidecar.relay.policy import Relay
+    from sidecar.relay.delivery import Relay
 
 log = structlog.get_logger(__name__)
 
@@ -48,10 +54,14 @@ class Hub:
     status_text: Callable[[str], object] = lambda _text: None
 
     def on_event(self, event: Event) -> None:
-        self.held_at = self.wall_clock()
+        self._apply(event)
+        if isinstance(event, ReplayStarted | AgentError):
+            # They carry no conversation: nothing held became more current.
+            return
         # Whatever the state file said before this is older than what agentapi says now.
         self.statefile_backlog = None
-        self._apply(event)
+        if not self.mirror.empty:
+            self.held_at = self.wall_clock()
 
     def _apply(self, event: Event) -> None:
         change = self.mirror.apply(event)

@@ -104,8 +104,9 @@ class Mirror:
         return self._status
 
     @property
-    def replaying(self) -> bool:
-        return self._replay is not None
+    def empty(self) -> bool:
+        """No message is held (a replay in progress does not count until it ends)."""
+        return not self._window.by_id
 
     def messages(self) -> list[Message]:
         if self._cache is None:

@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import Any, Final, Literal, NamedTuple, TypeAlias, TypeGuard
 
 Role: TypeAlias = Literal["user", "agent"]
@@ -91,7 +92,15 @@ class Conversation:
 
     messages: tuple[Message, ...]
     status: AgentStatus | None
-    origin: Literal["poll", "statefile"]
+
+
+@dataclass(frozen=True, slots=True)
+class StateFileRead:
+    """agentapi's state file as read: its conversation, and its mtime (wall-clock seconds),
+    which says how current that conversation was."""
+
+    conversation: Conversation
+    mtime: float
 
 
 Event: TypeAlias = ReplayStarted | MessageUpdate | StatusChange | AgentError | Conversation
@@ -113,6 +122,28 @@ def _valid_time(time: object) -> TypeGuard[str]:
         _last_valid_time = time
         return True
     return False
+
+
+def time_ns(stamp: str) -> int | None:
+    """An RFC 3339 time (as validated by sidecar.models) as integer nanoseconds since the
+    epoch, exact to the nanosecond agentapi writes; None for an impossible date. Strings
+    do not compare: Go drops trailing zeros ("…:05Z" vs "…:05.1Z") and offsets differ."""
+    try:
+        day = date(int(stamp[0:4]), int(stamp[5:7]), int(stamp[8:10])).toordinal()
+        hour, minute, second = int(stamp[11:13]), int(stamp[14:16]), int(stamp[17:19])
+    except ValueError:
+        return None
+    rest = stamp[19:]
+    fraction = 0
+    if rest.startswith("."):
+        digits = len(rest) - len(rest[1:].lstrip("0123456789"))
+        fraction = int(rest[1:digits].ljust(9, "0"))
+        rest = rest[digits:]
+    offset = 0
+    if rest[:1] in ("+", "-"):
+        offset = (int(rest[1:3]) * 60 + int(rest[4:6])) * 60 * (1 if rest[0] == "+" else -1)
+    seconds = day * 86_400 + hour * 3600 + minute * 60 + second - offset
+    return seconds * 1_000_000_000 + fraction
 
 
 def validate_message(obj: object, content_field: str) -> Message | Invalid:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import structlog
 
 from sidecar.agentapi.client import AgentapiClient, AgentapiError
-from sidecar.agentapi.source import InvalidCounter
 from sidecar.agentapi.statefile import StateFileSource
 from sidecar.coder.client import CoderClient
 from sidecar.coder.session import make_session, make_token
 from sidecar.config import Settings
 from sidecar.mirror import Mirror
 from sidecar.models import Conversation
-from sidecar.runtime.metrics import Metrics
+from sidecar.runtime.metrics import InvalidCounter, Metrics
 from sidecar.spool import Spool
 from sidecar.uploader import Uploader
 
@@ -32,7 +31,7 @@ async def snapshot_once(settings: Settings) -> int:
             messages, bad = await agentapi.messages()
             for item in bad:
                 invalid(item, origin="messages")
-            mirror.apply(Conversation(tuple(messages), None, "poll"))
+            mirror.apply(Conversation(tuple(messages), None))
             log.info("oneshot.read", origin="agentapi", messages=len(messages))
         except AgentapiError as exc:
             log.warning("oneshot.agentapi_unreachable", error=str(exc))
@@ -47,6 +46,7 @@ async def snapshot_once(settings: Settings) -> int:
                         origin="statefile",
                         messages=len(read.conversation.messages),
                     )
+        spool = Spool(settings.state_dir, settings.coder_task_id)
         uploader = Uploader(
             client=CoderClient(
                 session=session,
@@ -58,12 +58,13 @@ async def snapshot_once(settings: Settings) -> int:
             mirror=mirror,
             metrics=metrics,
             interval=settings.sidecar_snapshot_interval,
-            spool=Spool(settings.state_dir, settings.coder_task_id),
+            spool=spool,
+            recovered=spool.load(),
             max_bytes=settings.sidecar_snapshot_max_bytes,
         )
         if uploader.current_body() is None:
             log.info("oneshot.nothing_to_post")
             return 0
-        delivered = await uploader.flush(settings.sidecar_shutdown_timeout)
-    log.info("oneshot.done", delivered=delivered)
-    return 0 if delivered else 1
+        outcome = await uploader.flush(settings.sidecar_shutdown_timeout)
+    log.info("oneshot.done", snapshot=outcome.value, delivered=outcome.delivered)
+    return 0 if outcome.delivered else 1

@@ -10,6 +10,7 @@ subscriber limit.
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Final, Protocol
@@ -20,8 +21,15 @@ from prometheus_client import Counter
 from sidecar.agentapi.client import AgentapiClient, AgentapiError
 from sidecar.agentapi.sse import SSEParser
 from sidecar.backoff import Backoff
-from sidecar.models import Conversation, Event, Invalid, ReplayStarted, parse_sse_event
-from sidecar.runtime.metrics import Metrics
+from sidecar.models import (
+    AgentStatus,
+    Conversation,
+    Event,
+    Invalid,
+    ReplayStarted,
+    parse_sse_event,
+)
+from sidecar.runtime.metrics import InvalidCounter, Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -35,37 +43,19 @@ _KNOWN_EVENTS: Final = frozenset(
 _HEALTHY_STREAM_S: Final = 10.0
 
 
+class StreamEnd(enum.Enum):
+    """How one attempt at the /events stream ended."""
+
+    ENDED = "ended"  # the stream was open, then closed or broke
+    MISSING = "missing"  # 404: an agentapi without the stream
+    DOWN = "down"  # nothing answered
+    FAILED = "failed"  # any other answer
+
+
 class Listener(Protocol):
     def on_event(self, event: Event) -> None: ...
 
     def on_reachable(self, reachable: bool) -> None: ...
-
-
-class InvalidCounter:
-    """Counts dropped input by reason and logs each reason once, so a flood of bad frames
-    costs a counter increment each, not a log line each."""
-
-    __slots__ = ("_children", "_counter", "_logged")
-
-    def __init__(self, counter: Counter) -> None:
-        self._counter = counter
-        self._children: dict[str, Counter] = {}
-        self._logged: set[str] = set()
-
-    def __call__(self, invalid: Invalid, *, origin: str) -> None:
-        child = self._children.get(invalid.reason)
-        if child is None:
-            child = self._children[invalid.reason] = self._counter.labels(reason=invalid.reason)
-        child.inc()
-        if invalid.reason not in self._logged:
-            self._logged.add(invalid.reason)
-            log.warning(
-                "agentapi.invalid_input",
-                reason=invalid.reason,
-                detail=invalid.detail,
-                origin=origin,
-                note="dropped; further input invalid for this reason is counted, not logged",
-            )
 
 
 class AgentapiSource:
@@ -125,13 +115,13 @@ class AgentapiSource:
         while True:
             started = self._clock()
             outcome = await self._stream_once()
-            if outcome == "ended":
+            if outcome is StreamEnd.ENDED:
                 failures = 0 if self._clock() - started >= _HEALTHY_STREAM_S else failures + 1
-            elif outcome == "down":
+            elif outcome is StreamEnd.DOWN:
                 # agentapi is not there at all: polling would fail the same way, so keep
                 # trying the stream, which resumes the moment agentapi is back.
                 failures = 0
-            elif outcome == "missing":
+            elif outcome is StreamEnd.MISSING:
                 log.warning("agentapi.events_missing", fallback="polling")
                 await self._poll(until=self._clock() + self._stream_retry)
                 continue
@@ -142,14 +132,12 @@ class AgentapiSource:
                 await self._poll(until=self._clock() + self._stream_retry)
                 failures = 0
                 continue
-            attempt = self._down_attempts - 1 if outcome == "down" else failures - 1
+            attempt = self._down_attempts - 1 if outcome is StreamEnd.DOWN else failures - 1
             await asyncio.sleep(self._backoff.delay(max(attempt, 0)))
 
     # --- SSE --------------------------------------------------------------------------------
 
-    async def _stream_once(self) -> str:
-        """'ended' after a stream that was open, 'missing' for a 404, 'down' when nothing
-        answered, 'failed' for any other answer."""
+    async def _stream_once(self) -> StreamEnd:
         try:
             async with self._client.events() as chunks:
                 self._set_reachable(True)
@@ -168,16 +156,16 @@ class AgentapiSource:
                 else:
                     log.info("agentapi.stream_ended")
                 self._set_reachable(False)
-                return "ended"
+                return StreamEnd.ENDED
         except AgentapiError as exc:
             if exc.status == 404:
-                return "missing"
+                return StreamEnd.MISSING
             log.debug("agentapi.connect_failed", error=str(exc))
             self._set_reachable(False)
             if exc.status is None:
                 self._down_attempts += 1
-                return "down"
-            return "failed"
+                return StreamEnd.DOWN
+            return StreamEnd.FAILED
 
     async def _read(self, chunks: AsyncIterator[bytes]) -> None:
         parser = SSEParser()
@@ -241,12 +229,12 @@ class AgentapiSource:
                 # A whole turn can fit between two polls: look at the messages now and
                 # then even when the status seems unchanged.
                 refresh = polls % _POLL_REFRESH_EVERY == 0
-                if status != last_status or status == "running" or refresh:
+                if status != last_status or status is AgentStatus.RUNNING or refresh:
                     messages, invalid = await self._client.messages()
                     for item in invalid:
                         self._invalid(item, origin="messages")
                     self._set_reachable(True)
-                    self._listener.on_event(Conversation(tuple(messages), status, "poll"))
+                    self._listener.on_event(Conversation(tuple(messages), status))
                 last_status = status
             except AgentapiError as exc:
                 last_status = None

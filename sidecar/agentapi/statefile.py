@@ -5,27 +5,32 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
-from sidecar.agentapi.source import InvalidCounter
-from sidecar.models import Conversation, Invalid, parse_state_file
+from sidecar.models import Conversation, Invalid, StateFileRead, parse_state_file
+from sidecar.runtime.metrics import InvalidCounter
 from sidecar.runtime.watch import watch_file
 
 log = structlog.get_logger(__name__)
 
-
-@dataclass(frozen=True, slots=True)
-class StateFileRead:
-    conversation: Conversation
-    mtime: float
+# O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
 class StateFileSource:
-    __slots__ = ("_force_polling", "_invalid", "_last_stamp", "_on_read", "_path", "_stop")
+    __slots__ = (
+        "_force_polling",
+        "_invalid",
+        "_last_stamp",
+        "_not_regular_logged",
+        "_on_read",
+        "_path",
+        "_stop",
+    )
 
     def __init__(
         self,
@@ -41,18 +46,50 @@ class StateFileSource:
         # None lets watchfiles honour WATCHFILES_FORCE_POLLING itself.
         self._force_polling = force_polling
         self._last_stamp: tuple[int, int] | None = None
+        self._not_regular_logged = False
         self._stop = asyncio.Event()
 
     def read(self) -> StateFileRead | None:
-        """Read and validate the file now; None (and a log line) when it is unusable."""
+        """Read and validate the file now; None (and a log line) when it is unusable.
+        Blocking: the daemon calls it from a worker thread."""
+        loaded = self._load(only_if_changed=False)
+        if loaded is None:
+            return None
+        read, invalid = loaded
+        for item in invalid:
+            self._invalid(item, origin="statefile")
+        return read
+
+    def readable(self) -> bool:
         try:
-            st = self._path.stat()
-            body = self._path.read_bytes()
+            return stat.S_ISREG(self._path.stat().st_mode) and os.access(self._path, os.R_OK)
+        except OSError:
+            return False
+
+    def _load(self, *, only_if_changed: bool) -> tuple[StateFileRead, list[Invalid]] | None:
+        # One open, then fstat of that handle: agentapi replaces the file by rename, and a
+        # stat by path could pair the old mtime with the new content.
+        try:
+            fd = os.open(self._path, _OPEN_FLAGS)
         except FileNotFoundError:
             return None
         except OSError as exc:
             log.warning("statefile.unreadable", path=str(self._path), error=exc.strerror)
             return None
+        with os.fdopen(fd, "rb") as handle:
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    self._log_not_regular()
+                    return None
+                self._not_regular_logged = False
+                stamp = (st.st_ino, st.st_mtime_ns)
+                if only_if_changed and stamp == self._last_stamp:
+                    return None
+                body = handle.read()
+            except OSError as exc:
+                log.warning("statefile.unreadable", path=str(self._path), error=exc.strerror)
+                return None
         parsed = parse_state_file(body)
         if isinstance(parsed, Invalid):
             log.warning(
@@ -62,33 +99,29 @@ class StateFileSource:
                 detail=parsed.detail,
             )
             return None
+        self._last_stamp = stamp
         messages, invalid = parsed
+        return StateFileRead(Conversation(tuple(messages), None), st.st_mtime), invalid
+
+    def _log_not_regular(self) -> None:
+        # A FIFO or a device would block a reader or never end: it is never read.
+        if not self._not_regular_logged:
+            self._not_regular_logged = True
+            log.error(
+                "statefile.not_regular",
+                path=str(self._path),
+                hint="AGENTAPI_STATE_FILE must name agentapi's --state-file, a regular file",
+            )
+
+    async def _deliver(self) -> None:
+        loaded = await asyncio.to_thread(self._load, only_if_changed=True)
+        if loaded is None:
+            return
+        read, invalid = loaded
         for item in invalid:
             self._invalid(item, origin="statefile")
-        self._last_stamp = (st.st_ino, st.st_mtime_ns)
-        return StateFileRead(Conversation(tuple(messages), None, "statefile"), st.st_mtime)
-
-    def readable(self) -> bool:
-        return os.access(self._path, os.R_OK) and self._path.is_file()
-
-    def _changed(self) -> bool:
-        try:
-            st = self._path.stat()
-        except OSError:
-            return False
-        return (st.st_ino, st.st_mtime_ns) != self._last_stamp
-
-    def _deliver(self) -> None:
-        if not self._changed():
-            return
-        result = self.read()
-        if result is not None:
-            log.info(
-                "statefile.read",
-                path=str(self._path),
-                messages=len(result.conversation.messages),
-            )
-            self._on_read(result)
+        log.info("statefile.read", path=str(self._path), messages=len(read.conversation.messages))
+        self._on_read(read)
 
     def stop(self) -> None:
         self._stop.set()

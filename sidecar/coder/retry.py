@@ -37,12 +37,14 @@ class RetryPolicy:
         self._outcome: Outcome | None = None
         self._streak = 0  # in a row with the same outcome: what the back-off grows on
 
-    def failed(self, result: Result, *, token_changed: bool = False) -> float:
+    def failed(
+        self, result: Result, *, token_changed: bool = False, stopping: bool = False
+    ) -> float:
         """Record a failure and return the seconds to wait. The back-off grows only over
         failures of one kind, so a 401 after a run of refused connections starts short."""
         if result.outcome is not self._outcome:
             self._outcome, self._streak = result.outcome, 0
-        delay = self.delay(result, self._streak, token_changed=token_changed)
+        delay = self.delay(result, self._streak, token_changed=token_changed, stopping=stopping)
         self._streak += 1
         self.failures += 1
         return delay
@@ -56,14 +58,22 @@ class RetryPolicy:
         self.failures = self._streak = 0
         self._outcome = None
 
-    def delay(self, result: Result, attempt: int, *, token_changed: bool = False) -> float:
-        """Seconds before the next try; `attempt` counts failures so far, from 0."""
-        if result.outcome is Outcome.RETRY:
+    def delay(
+        self, result: Result, attempt: int, *, token_changed: bool = False, stopping: bool = False
+    ) -> float:
+        """Seconds before the next try; `attempt` counts failures so far, from 0. At stop
+        (`stopping`) the transient schedule serves every failure: a back-off of minutes
+        would only use up the budget that the spool is waiting for."""
+        if result.outcome is Outcome.REJECTED or result.outcome is Outcome.OK:
+            raise ValueError(f"{result.outcome.value} is final, not retried")
+        if result.outcome is Outcome.UNAUTHORIZED and token_changed:
+            return 0.0
+        if result.outcome is Outcome.RETRY or stopping:
             if result.retry_after is not None:
                 return result.retry_after
             return self.transient.delay(attempt)
         if result.outcome is Outcome.NOT_FOUND:
             return NOT_FOUND_FLOOR_S + self.not_found.delay(attempt)
         if result.outcome is Outcome.UNAUTHORIZED:
-            return 0.0 if token_changed else UNAUTHORIZED_FLOOR_S + self.auth.delay(attempt)
-        raise ValueError(f"{result.outcome.value} is final, not retried")
+            return UNAUTHORIZED_FLOOR_S + self.auth.delay(attempt)
+        raise ValueError(f"no schedule for {result.outcome.value}")

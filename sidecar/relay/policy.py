@@ -1,9 +1,7 @@
-"""State relay: which app status Coder should show, delivered with the fewest PATCHes.
+"""Which app status Coder should show: the relay's decision, pure (no I/O, no clock).
 
-`RelayPolicy` is the decision, pure: it consumes the mirror's events and says which
-(state, message, uri) it wants shown now. `Relay` is the delivery: one slot holding the
-newest wanted report, at most one PATCH per `min_interval`, retries that always carry the
-newest report, and dedupe against what the server last *accepted*.
+`RelayPolicy` consumes the mirror's events and says which (state, message, uri) it wants
+shown now; `sidecar.relay.delivery` gets that report to Coder.
 
 Mapping (compatible with Coder's own reporter, `coder exp mcp server`):
 
@@ -25,18 +23,10 @@ it ends, like the mirror does, so the replay of an unchanged conversation wants 
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
+import enum
 from dataclasses import dataclass
-from datetime import date
-from typing import Final, Protocol
+from typing import Final
 
-import structlog
-
-from sidecar.backoff import Deadline
-from sidecar.coder.client import Outcome, Result
-from sidecar.coder.retry import RetryPolicy
 from sidecar.models import (
     AgentError,
     AgentStatus,
@@ -48,17 +38,14 @@ from sidecar.models import (
     MessageUpdate,
     ReplayStarted,
     StatusChange,
+    time_ns,
 )
-from sidecar.runtime.metrics import Metrics
 from sidecar.summary import summarize_first_line, summarize_last_line, summarize_text
 
-__all__ = ["NOT_RESPONDING", "Relay", "RelayPolicy", "StatusClient", "StatusReport"]
-
-log = structlog.get_logger(__name__)
+__all__ = ["NOT_RESPONDING", "ErrorNews", "RelayPolicy", "StatusReport"]
 
 NOT_RESPONDING: Final = "agent is not responding"
 _UNNAMED_ERROR: Final = "agent reported an error"
-_LOGGED_ERROR_CHARS: Final = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,29 +55,13 @@ class StatusReport:
     uri: str
 
 
-# --- the decision -----------------------------------------------------------------------
+class ErrorNews(enum.Enum):
+    """What an agent_error event turned out to be."""
 
-
-def _time_ns(stamp: str) -> int | None:
-    """An RFC 3339 time (as validated by sidecar.models) as integer nanoseconds since the
-    epoch, exact to the nanosecond agentapi writes; None for an impossible date. Strings
-    do not compare: Go drops trailing zeros ("…:05Z" vs "…:05.1Z") and offsets differ."""
-    try:
-        day = date(int(stamp[0:4]), int(stamp[5:7]), int(stamp[8:10])).toordinal()
-        hour, minute, second = int(stamp[11:13]), int(stamp[14:16]), int(stamp[17:19])
-    except ValueError:
-        return None
-    rest = stamp[19:]
-    fraction = 0
-    if rest.startswith("."):
-        digits = len(rest) - len(rest[1:].lstrip("0123456789"))
-        fraction = int(rest[1:digits].ljust(9, "0"))
-        rest = rest[digits:]
-    offset = 0
-    if rest[:1] in ("+", "-"):
-        offset = (int(rest[1:3]) * 60 + int(rest[4:6])) * 60 * (1 if rest[0] == "+" else -1)
-    seconds = day * 86_400 + hour * 3600 + minute * 60 + second - offset
-    return seconds * 1_000_000_000 + fraction
+    REPLAYED = "replayed"  # not newer than what was seen: a reconnect's replay
+    WARNING = "warning"  # new, level warning: worth a log line, not a status
+    FAILURE = "failure"  # new error: the task shows it
+    SUPERSEDED = "superseded"  # new to us, but from a request the user has followed up
 
 
 class _Replay:
@@ -181,19 +152,18 @@ class RelayPolicy:
             if event.status is not None:
                 self._take_status(event.status)
         elif isinstance(event, AgentError):
-            self._take_error(event)
+            return self.observe_error(event)[1]
         return self._update()
 
-    def is_new_error(self, event: AgentError) -> bool:
-        """Whether `event` is newer than every agent_error seen (replays are not)."""
-        return self._new_error_ns(event) is not None
+    def observe_error(self, event: AgentError) -> tuple[ErrorNews, StatusReport | None]:
+        """Apply one agent_error: what it was, and the newly wanted report (or None)."""
+        return self._take_error(event), self._update()
 
-    def agent_unreachable(self) -> StatusReport:
-        """agentapi stayed unreachable past the grace period: the failure report."""
+    def agent_unreachable(self) -> StatusReport | None:
+        """agentapi stayed unreachable past the grace period: the failure report, or None
+        if it was already wanted."""
         self._unreachable = True
-        self._update()
-        assert self._wanted is not None
-        return self._wanted
+        return self._update()
 
     def agent_reachable(self) -> StatusReport | None:
         """agentapi answers again: the real state, or None if nothing changed. After a
@@ -215,7 +185,7 @@ class RelayPolicy:
 
     def _take_user(self, msg: Message) -> None:
         current = self._user
-        ns = _time_ns(msg.time)
+        ns = time_ns(msg.time)
         # Ids restart at 0 when agentapi restarts without its state file, so a later time
         # also makes a message new; a replay repeats both and is never new.
         newer = (
@@ -278,7 +248,7 @@ class RelayPolicy:
 
     def _new_error_ns(self, event: AgentError) -> int | None:
         """The error's time if it is new, else None."""
-        ns = _time_ns(event.time)
+        ns = time_ns(event.time)
         if ns is None:
             # Cannot be ordered against the others, so it cannot be told from a replay.
             return None
@@ -288,10 +258,10 @@ class RelayPolicy:
             return ns
         return None
 
-    def _take_error(self, event: AgentError) -> None:
+    def _take_error(self, event: AgentError) -> ErrorNews:
         ns = self._new_error_ns(event)
         if ns is None:
-            return
+            return ErrorNews.REPLAYED
         key = (event.level, event.message)
         if self._error_ns is None or ns > self._error_ns:
             self._error_ns = ns
@@ -299,10 +269,11 @@ class RelayPolicy:
         else:
             self._error_keys.add(key)
         if event.level is not ErrorLevel.ERROR:
-            return
+            return ErrorNews.WARNING
         if self._user_ns is not None and ns < self._user_ns:
-            return  # it belongs to a request the user has since followed up
+            return ErrorNews.SUPERSEDED
         self._failure = summarize_text(event.message) or _UNNAMED_ERROR
+        return ErrorNews.FAILURE
 
     def _derive(self) -> StatusReport | None:
         if self._unreachable:
@@ -321,337 +292,3 @@ class RelayPolicy:
             return None
         self._wanted = wanted
         return wanted
-
-
-# --- the delivery -----------------------------------------------------------------------
-
-
-class StatusClient(Protocol):
-    """What the relay needs of sidecar.coder.client.CoderClient."""
-
-    async def patch_app_status(
-        self, *, slug: str, state: AppState, message: str, uri: str
-    ) -> Result: ...
-
-    async def reload_token(self) -> bool: ...
-
-
-class Relay:
-    """Delivers RelayPolicy's wanted report. `observe` and `set_agent_reachable` are
-    synchronous and cheap (the SSE reader calls them); all waiting happens in `run`."""
-
-    __slots__ = (
-        "_accepted",
-        "_client",
-        "_clock",
-        "_grace",
-        "_idle_settle",
-        "_inflight",
-        "_last_patch_at",
-        "_metrics",
-        "_min_interval",
-        "_not_before",
-        "_not_found_logged",
-        "_policy",
-        "_rejected",
-        "_retry",
-        "_running",
-        "_slug",
-        "_stopped",
-        "_stopping",
-        "_unreachable_reported",
-        "_unreachable_since",
-        "_wake",
-        "_wanted_since",
-        "_wanted_state",
-    )
-
-    def __init__(
-        self,
-        *,
-        client: StatusClient,
-        slug: str,
-        policy: RelayPolicy,
-        metrics: Metrics,
-        grace: float = 30.0,
-        min_interval: float = 1.0,
-        retry: RetryPolicy | None = None,
-        idle_settle: float = 0.3,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if not grace >= 0:
-            raise ValueError(f"grace must be >= 0, got {grace}")
-        if not min_interval >= 0:
-            raise ValueError(f"min_interval must be >= 0, got {min_interval}")
-        self._client = client
-        self._slug = slug
-        self._policy = policy
-        self._metrics = metrics
-        self._grace = grace
-        self._min_interval = min_interval
-        self._retry = retry or RetryPolicy()
-        self._idle_settle = idle_settle
-        self._wanted_state: AppState | None = None
-        self._wanted_since = float("-inf")
-        self._clock = clock
-
-        self._accepted: StatusReport | None = None
-        self._rejected: StatusReport | None = None
-        self._last_patch_at = float("-inf")
-        self._not_before = float("-inf")
-        self._not_found_logged = False
-        self._unreachable_since: float | None = None
-        self._unreachable_reported = False
-        self._wake = asyncio.Event()
-        self._stopped = asyncio.Event()
-        self._stopping = False
-        self._running = False
-        self._inflight: asyncio.Task[Result] | None = None
-
-    # --- what the rest of the daemon sees ---------------------------------------------------
-
-    @property
-    def accepted(self) -> StatusReport | None:
-        """The report the server last accepted."""
-        return self._accepted
-
-    @property
-    def pending(self) -> bool:
-        """A wanted report is not yet accepted (and was not refused with a 400)."""
-        return self._due_report() is not None
-
-    def observe(self, event: Event) -> None:
-        new_error = (
-            event if isinstance(event, AgentError) and self._policy.is_new_error(event) else None
-        )
-        wanted = self._policy.observe(event)
-        changed = wanted is not None
-        if wanted is not None:
-            if wanted.state is not self._wanted_state:
-                # The settle for an idle report runs from when the state turned, so text
-                # that keeps changing cannot hold the report back for longer.
-                self._wanted_state, self._wanted_since = wanted.state, self._clock()
-            self._wake.set()
-        if new_error is not None:
-            fields = {"message": new_error.message[:_LOGGED_ERROR_CHARS], "time": new_error.time}
-            if new_error.level is ErrorLevel.WARNING:
-                log.warning("relay.agent_warning", **fields)
-            elif changed:
-                log.error("relay.agent_error", **fields)
-            else:
-                # Replayed on the first connect, from a request since followed up.
-                log.debug("relay.agent_error_superseded", **fields)
-
-    def credentials_changed(self) -> None:
-        """The token file was rotated: a 401 back-off in progress is pointless now."""
-        if self._retry.last_outcome is Outcome.UNAUTHORIZED:
-            self._not_before = float("-inf")
-            self._wake.set()
-
-    def set_agent_reachable(self, reachable: bool) -> None:
-        if not reachable:
-            if self._unreachable_since is None:
-                self._unreachable_since = self._clock()
-                self._wake.set()  # run() arms the grace timer
-            return
-        if self._unreachable_since is None:
-            return
-        self._unreachable_since = None
-        if self._unreachable_reported:
-            self._unreachable_reported = False
-            self._policy.agent_reachable()
-            log.info("relay.agent_reachable")
-            self._wake.set()
-
-    # --- the loop ---------------------------------------------------------------------------
-
-    async def run(self) -> None:
-        if self._running:
-            raise RuntimeError("Relay.run() is already running")
-        self._running = True
-        self._stopped.clear()
-        try:
-            while not self._stopping:
-                self._wake.clear()
-                now = self._clock()
-                timeout = self._check_grace(now)
-                report = self._due_report()
-                if report is not None:
-                    due = self._next_send_at()
-                    if report.state is AppState.IDLE:
-                        # A turn's last words often land just after `stable`: wait a
-                        # moment so one idle report carries them, not two.
-                        due = max(due, self._wanted_since + self._idle_settle)
-                    if due <= now:
-                        await self._send(report)
-                        continue
-                    timeout = due - now if timeout is None else min(timeout, due - now)
-                await self._wait(timeout)
-        finally:
-            self._running = False
-            self._stopped.set()
-
-    def _check_grace(self, now: float) -> float | None:
-        """Report the agent as not responding once the grace period is over; else the
-        seconds until it will be (None when no timer runs)."""
-        since = self._unreachable_since
-        if since is None or self._unreachable_reported:
-            return None
-        left = since + self._grace - now
-        if left > 0:
-            return left
-        self._unreachable_reported = True
-        self._policy.agent_unreachable()
-        log.warning("relay.agent_unreachable", grace_s=self._grace)
-        return None
-
-    def _due_report(self) -> StatusReport | None:
-        wanted = self._policy.wanted
-        if wanted is None or wanted == self._accepted or wanted == self._rejected:
-            return None
-        return wanted
-
-    def _next_send_at(self) -> float:
-        return max(self._last_patch_at + self._min_interval, self._not_before)
-
-    async def _wait(self, timeout: float | None) -> None:
-        try:
-            async with asyncio.timeout(timeout):
-                await self._wake.wait()
-        except TimeoutError:
-            pass
-
-    async def _send(self, report: StatusReport) -> Result | None:
-        """One PATCH of `report`, recorded; None when stop() cut it short."""
-        self._last_patch_at = self._clock()
-        # A task of its own, so stop() can abandon it without cancelling run().
-        task = asyncio.create_task(
-            self._client.patch_app_status(
-                slug=self._slug, state=report.state, message=report.message, uri=report.uri
-            )
-        )
-        self._inflight = task
-        try:
-            await asyncio.wait((task,))
-        finally:
-            self._inflight = None
-            if not task.done():  # our caller was cancelled (a stop deadline)
-                task.cancel()
-                await asyncio.wait((task,))
-        if task.cancelled():
-            return None
-        exc = task.exception()
-        if exc is not None:
-            # The client reports failures as values; anything else is a bug worth a
-            # traceback, but not worth losing the relay over.
-            log.error("relay.client_error", exc_info=exc)
-            result = Result(Outcome.RETRY, None, type(exc).__name__, None, 0.0)
-        else:
-            result = task.result()
-        await self._record(report, result)
-        return result
-
-    async def _record(self, report: StatusReport, result: Result) -> None:
-        self._metrics.relay_patches.labels(result=result.outcome.value).inc()
-        fields = {
-            "state": str(report.state),
-            "status": result.status,
-            "latency_ms": round(result.latency_ms, 1),
-            "attempt": self._retry.failures + 1,
-        }
-        if result.outcome is Outcome.OK:
-            log.info("relay.patched", **fields)
-            self._accepted = report
-            self._retry.succeeded()
-            self._not_before = float("-inf")
-            self._not_found_logged = False
-            return
-        if result.outcome is Outcome.REJECTED:
-            # The same report would be refused the same way (unknown slug, bad state):
-            # wait for a different one.
-            log.error(
-                "relay.rejected",
-                detail=result.detail,
-                message_bytes=len(report.message.encode()),
-                **fields,
-            )
-            self._rejected = report
-            self._retry.succeeded()
-            return
-        changed = result.outcome is Outcome.UNAUTHORIZED and await self._reload_token()
-        delay = self._retry.failed(result, token_changed=changed)
-        if result.outcome is Outcome.RETRY:
-            log.warning("relay.retry", detail=result.detail, retry_in_s=round(delay, 2), **fields)
-        elif result.outcome is Outcome.NOT_FOUND:
-            if not self._not_found_logged:
-                log.error(
-                    "relay.not_found",
-                    detail=result.detail,
-                    hint="Coder does not know the app-status endpoint (too old?) or a proxy "
-                    "is in the way",
-                    retry_in_s=round(delay, 1),
-                    **fields,
-                )
-                self._not_found_logged = True
-        else:
-            log.error(
-                "relay.unauthorized",
-                detail=result.detail,
-                token_changed=changed,
-                retry_in_s=round(delay, 1),
-                **fields,
-            )
-        self._not_before = self._clock() + delay
-
-    async def _reload_token(self) -> bool:
-        try:
-            return await self._client.reload_token()
-        except Exception as exc:  # a token file that vanished must not end the relay
-            log.error("relay.token_reload_failed", error=str(exc)[:_LOGGED_ERROR_CHARS])
-            return False
-
-    # --- stop -------------------------------------------------------------------------------
-
-    async def stop(self, on_stop: AppState | None, timeout: float) -> bool:
-        """Stop `run()`, abandoning a PATCH in flight. With `on_stop`, send that state
-        (with the current summary) within `timeout`. True when it was delivered or nothing
-        was needed. Safe to call twice."""
-        deadline = Deadline(timeout, clock=self._clock)
-        self._stopping = True
-        self._wake.set()
-        if self._inflight is not None:
-            self._inflight.cancel()
-        if self._running:
-            try:
-                async with asyncio.timeout(deadline.remaining()):
-                    await self._stopped.wait()
-            except TimeoutError:
-                log.warning("relay.stop_timeout")
-                return on_stop is None
-        if on_stop is None:
-            return True
-        report = self._policy.stop_report(on_stop)
-        if report == self._accepted:
-            return True
-        return await self._deliver(report, deadline)
-
-    async def _deliver(self, report: StatusReport, deadline: Deadline) -> bool:
-        while True:
-            # The rate limit and any back-off the server asked for still hold; give up
-            # when the wait would pass the deadline rather than after it.
-            wait = self._next_send_at() - self._clock()
-            if wait >= deadline.remaining():
-                log.warning("relay.stop_incomplete", state=str(report.state))
-                return False
-            if wait > 0:
-                await asyncio.sleep(wait)
-            try:
-                async with asyncio.timeout(deadline.remaining()):
-                    result = await self._send(report)
-            except TimeoutError:
-                log.warning("relay.stop_incomplete", state=str(report.state))
-                return False
-            if result is None or result.outcome is Outcome.REJECTED:
-                return False
-            if result.outcome is Outcome.OK:
-                return True

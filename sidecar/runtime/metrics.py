@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from sidecar.models import Invalid
+
+log = structlog.get_logger(__name__)
 
 
 class Metrics:
@@ -17,6 +22,7 @@ class Metrics:
         "snapshot_pending_age",
         "snapshot_pending_since",
         "snapshot_posts",
+        "snapshot_skipped",
         "spool_writes",
     )
 
@@ -37,6 +43,13 @@ class Metrics:
             "log-snapshot POSTs, by result (ok, retry, rejected, not_found, unauthorized) and "
             "HTTP status (none: no answer)",
             ["result", "status"],
+            registry=r,
+        )
+        self.snapshot_skipped = Counter(
+            "sidecar_snapshot_skipped",
+            "changes that needed no POST, by reason: the body is the one last accepted "
+            "(unchanged), the one last refused (refused), or there is no conversation (empty)",
+            ["reason"],
             registry=r,
         )
         self.snapshot_bytes = Gauge(
@@ -66,3 +79,30 @@ class Metrics:
         self.spool_writes = Counter(
             "sidecar_spool_writes", "undelivered snapshots written to the spool", registry=r
         )
+
+
+class InvalidCounter:
+    """Counts dropped input by reason and logs each reason once, so a flood of bad frames
+    costs a counter increment each, not a log line each."""
+
+    __slots__ = ("_children", "_counter", "_logged")
+
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        self._children: dict[str, Counter] = {}
+        self._logged: set[str] = set()
+
+    def __call__(self, invalid: Invalid, *, origin: str) -> None:
+        child = self._children.get(invalid.reason)
+        if child is None:
+            child = self._children[invalid.reason] = self._counter.labels(reason=invalid.reason)
+        child.inc()
+        if invalid.reason not in self._logged:
+            self._logged.add(invalid.reason)
+            log.warning(
+                "agentapi.invalid_input",
+                reason=invalid.reason,
+                detail=invalid.detail,
+                origin=origin,
+                note="dropped; further input invalid for this reason is counted, not logged",
+            )

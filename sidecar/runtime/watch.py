@@ -9,7 +9,7 @@ and changes are filtered by name. inotify can be missing or exhausted in contain
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
@@ -23,20 +23,21 @@ _DIR_RETRY_S: Final = 2.0
 
 async def watch_file(
     path: Path,
-    on_change: Callable[[], None],
+    on_change: Callable[[], Awaitable[None]],
     stop: asyncio.Event,
     *,
     force_polling: bool | None = None,
 ) -> None:
-    """Call `on_change` now, after every change to `path`, and whenever the watch
+    """Await `on_change` now, after every change to `path`, and whenever the watch
     (re)starts, until `stop` is set. `on_change` must tolerate being called when nothing
-    changed. `force_polling=None` lets watchfiles honour WATCHFILES_FORCE_POLLING."""
+    changed, and must not block the loop (file reads belong in a thread).
+    `force_polling=None` lets watchfiles honour WATCHFILES_FORCE_POLLING."""
     directory, name = path.parent, path.name
     force = force_polling
     while not stop.is_set():
         # The file may have been written while nothing watched (first start, a directory
         # that only just appeared, a watcher that failed): look before watching.
-        on_change()
+        await on_change()
         if not directory.is_dir():
             try:
                 async with asyncio.timeout(_DIR_RETRY_S):
@@ -54,7 +55,7 @@ async def watch_file(
                 debounce=50,
                 step=50,
             ):
-                on_change()
+                await on_change()
         except OSError as exc:
             if force:
                 raise

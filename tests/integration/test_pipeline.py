@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import aiohttp
 import pytest
@@ -62,30 +63,53 @@ class Pipeline:
             return resp.status == 200
 
 
-PipelineFactory = Callable[..., "asyncio.Future[Pipeline]"]
+class PipelineFactory(Protocol):
+    async def __call__(
+        self,
+        *,
+        interval: float = 0.3,
+        events: bool = True,
+        token: str | None = None,
+        token_file: Path | None = None,
+        endpoint_missing: bool = False,
+    ) -> Pipeline: ...
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for state that no request announces (the uploader's bookkeeping after an
+    answer was read), re-checking every few milliseconds."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
 
 
 @pytest.fixture
 async def make_pipeline(
     make_fake_agentapi: AgentapiFactory, make_fake_coder: CoderFactory, tmp_path: Path
-) -> AsyncIterator[Callable[..., object]]:
+) -> AsyncIterator[PipelineFactory]:
     tasks: list[asyncio.Task[None]] = []
     sessions: list[aiohttp.ClientSession] = []
 
     async def factory(
+        *,
         interval: float = 0.3,
         events: bool = True,
         token: str | None = None,
-        **fake_kw: object,
+        token_file: Path | None = None,
+        endpoint_missing: bool = False,
     ) -> Pipeline:
         agentapi = await make_fake_agentapi()
         agentapi.fake.events_available = events
-        coder = await make_fake_coder(**fake_kw)
+        coder = await make_fake_coder(endpoint_missing=endpoint_missing)
         session = aiohttp.ClientSession()
         sessions.append(session)
         metrics = Metrics()
         mirror = Mirror(10)
-        tok = TokenSource(value=token or coder.fake.token)
+        tok = (
+            TokenSource(path=token_file)
+            if token_file is not None
+            else TokenSource(value=token or coder.fake.token)
+        )
         uploader = Uploader(
             client=CoderClient(session=session, base_url=coder.url, token=tok, timeout=2.0),
             task_id=coder.fake.task_id,
@@ -119,17 +143,17 @@ async def make_pipeline(
 
 
 async def test_conversation_reaches_coder_and_reads_back(
-    make_pipeline: Callable[..., object],
+    make_pipeline: PipelineFactory,
 ) -> None:
-    p: Pipeline = await make_pipeline()  # type: ignore[misc]
+    p = await make_pipeline()
     p.agentapi.fake.add_message("agent", "Hello! Ready to help.")
     p.agentapi.fake.add_message("user", "Fix the build ✓ “quotes” \\ and \x1b[1mANSI\x1b[0m")
     await p.wait_stored(p.truth)
     assert await p.logs_readable()
 
 
-async def test_streaming_updates_are_coalesced(make_pipeline: Callable[..., object]) -> None:
-    p: Pipeline = await make_pipeline(interval=0.5)  # type: ignore[misc]
+async def test_streaming_updates_are_coalesced(make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline(interval=0.5)
     fake = p.agentapi.fake
     fake.add_message("user", "go")
     await p.wait_stored(p.truth)
@@ -147,8 +171,8 @@ async def test_streaming_updates_are_coalesced(make_pipeline: Callable[..., obje
     assert posts <= 2 + int(elapsed / 0.5) + 1, posts
 
 
-async def test_turn_end_is_posted_promptly(make_pipeline: Callable[..., object]) -> None:
-    p: Pipeline = await make_pipeline(interval=30)  # type: ignore[misc]
+async def test_turn_end_is_posted_promptly(make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline(interval=30)
     fake = p.agentapi.fake
     fake.add_message("user", "q")
     await p.wait_stored(p.truth)
@@ -159,8 +183,8 @@ async def test_turn_end_is_posted_promptly(make_pipeline: Callable[..., object])
     await p.wait_stored(p.truth, timeout=3)
 
 
-async def test_reconnect_after_the_stream_drops(make_pipeline: Callable[..., object]) -> None:
-    p: Pipeline = await make_pipeline()  # type: ignore[misc]
+async def test_reconnect_after_the_stream_drops(make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline()
     fake = p.agentapi.fake
     fake.add_message("user", "one")
     await p.wait_stored(p.truth)
@@ -172,9 +196,9 @@ async def test_reconnect_after_the_stream_drops(make_pipeline: Callable[..., obj
 
 
 async def test_restart_with_shorter_history_replaces_the_snapshot(
-    make_pipeline: Callable[..., object],
+    make_pipeline: PipelineFactory,
 ) -> None:
-    p: Pipeline = await make_pipeline()  # type: ignore[misc]
+    p = await make_pipeline()
     fake = p.agentapi.fake
     for i in range(6):
         fake.add_message("user" if i % 2 == 0 else "agent", f"old {i}")
@@ -183,8 +207,8 @@ async def test_restart_with_shorter_history_replaces_the_snapshot(
     await p.wait_stored(lambda: [("agent", "fresh session")])
 
 
-async def test_polling_fallback_without_events(make_pipeline: Callable[..., object]) -> None:
-    p: Pipeline = await make_pipeline(events=False)  # type: ignore[misc]
+async def test_polling_fallback_without_events(make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline(events=False)
     fake = p.agentapi.fake
     fake.add_message("user", "polled")
     await p.wait_stored(p.truth)
@@ -204,9 +228,9 @@ async def test_polling_fallback_without_events(make_pipeline: Callable[..., obje
 
 
 async def test_malformed_frames_and_invalid_messages_are_dropped(
-    make_pipeline: Callable[..., object],
+    make_pipeline: PipelineFactory,
 ) -> None:
-    p: Pipeline = await make_pipeline()  # type: ignore[misc]
+    p = await make_pipeline()
     fake = p.agentapi.fake
     fake.add_message("user", "valid")
     await fake.wait_for_subscribers(1)
@@ -230,8 +254,8 @@ async def test_malformed_frames_and_invalid_messages_are_dropped(
     assert invalid["role"] == 2
 
 
-async def test_5xx_then_recovery(make_pipeline: Callable[..., object]) -> None:
-    p: Pipeline = await make_pipeline()  # type: ignore[misc]
+async def test_5xx_then_recovery(make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline()
     p.coder.fake.fail_next(503, times=2)
     p.coder.fake.fail_next(500, times=1, retry_after=0)
     p.agentapi.fake.add_message("user", "hello")
@@ -240,18 +264,18 @@ async def test_5xx_then_recovery(make_pipeline: Callable[..., object]) -> None:
     assert statuses == [503, 503, 500, 204]
 
 
-async def test_404_backs_off_and_says_so(make_pipeline: Callable[..., object]) -> None:
-    p: Pipeline = await make_pipeline(endpoint_missing=True)  # type: ignore[misc]
+async def test_404_backs_off_and_says_so(make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline(endpoint_missing=True)
     p.agentapi.fake.add_message("user", "hello")
     await p.coder.fake.wait_for(lambda: len(p.coder.fake.snapshot_posts()) == 1)
-    assert p.uploader.blocked_reason == "not_found"
+    await until(lambda: p.uploader.blocked_reason == "not_found")
     p.agentapi.fake.add_message("agent", "more")
     await p.agentapi.fake.wait_for(lambda: p.mirror.version >= 2)
     assert len(p.coder.fake.snapshot_posts()) == 1
 
 
-async def test_400_is_not_resent(make_pipeline: Callable[..., object]) -> None:
-    p: Pipeline = await make_pipeline(interval=0.1)  # type: ignore[misc]
+async def test_400_is_not_resent(make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline(interval=0.1)
     p.coder.fake.fail_next(400)
     p.agentapi.fake.add_message("user", "hello")
     await p.coder.fake.wait_for(lambda: len(p.coder.fake.snapshot_posts()) == 1)
@@ -262,23 +286,23 @@ async def test_400_is_not_resent(make_pipeline: Callable[..., object]) -> None:
 
 
 async def test_401_recovers_after_the_token_file_rotates(
-    make_pipeline: Callable[..., object], tmp_path: Path
+    make_pipeline: PipelineFactory, tmp_path: Path
 ) -> None:
-    p: Pipeline = await make_pipeline(token="7d6f5e4c-3b2a-4190-8877-665544332211")  # type: ignore[misc]
+    token_file = tmp_path / "token"
+    token_file.write_text("7d6f5e4c-3b2a-4190-8877-665544332211\n")
+    token_file.chmod(0o600)
+    p = await make_pipeline(token_file=token_file)
     p.agentapi.fake.add_message("user", "hello")
     await p.coder.fake.wait_for(lambda: any(r.status == 401 for r in p.coder.fake.snapshot_posts()))
-    assert p.uploader.blocked_reason == "unauthorized"
-    # Swap the pipeline's token source for a file holding the right token.
-    token_file = tmp_path / "token"
-    token_file.write_text(p.coder.fake.token)
-    token_file.chmod(0o600)
-    p.token._path = token_file
-    p.token._stamp = None
+    await until(lambda: p.uploader.blocked_reason == "unauthorized")
+    # A new build's token lands in the file; the next 401 (or the file watcher, in the
+    # daemon) re-reads it.
+    token_file.write_text(p.coder.fake.token + "\n")
     await p.wait_stored(p.truth, timeout=5)
 
 
-async def test_hung_and_reset_requests_are_retried(make_pipeline: Callable[..., object]) -> None:
-    p: Pipeline = await make_pipeline()  # type: ignore[misc]
+async def test_hung_and_reset_requests_are_retried(make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline()
     p.coder.fake.hang_next()
     p.coder.fake.close_next()
     p.agentapi.fake.add_message("user", "persistent")
@@ -286,8 +310,8 @@ async def test_hung_and_reset_requests_are_retried(make_pipeline: Callable[..., 
     assert len(p.coder.fake.snapshot_posts()) >= 3
 
 
-async def test_oversized_conversation_is_fitted(make_pipeline: Callable[..., object]) -> None:
-    p: Pipeline = await make_pipeline()  # type: ignore[misc]
+async def test_oversized_conversation_is_fitted(make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline()
     fake = p.agentapi.fake
     fake.add_message("user", "dump the log")
     fake.add_message("agent", "€" * 40_000 + "THE END")

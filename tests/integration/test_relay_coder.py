@@ -26,7 +26,8 @@ from sidecar.models import (
     ErrorLevel,
     ReplayStarted,
 )
-from sidecar.relay.policy import Relay, RelayPolicy
+from sidecar.relay.delivery import Relay
+from sidecar.relay.policy import RelayPolicy
 from sidecar.runtime.metrics import Metrics
 from tests.conftest import CoderFactory
 from tests.events import STABLE, agent, at, user

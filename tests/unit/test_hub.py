@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from sidecar.agentapi.statefile import StateFileRead
 from sidecar.hub import Hub
 from sidecar.mirror import Mirror
 from sidecar.models import (
+    AgentError,
     AgentStatus,
     Conversation,
+    ErrorLevel,
     Message,
     MessageUpdate,
     ReplayStarted,
+    StateFileRead,
     StatusChange,
 )
 
@@ -31,7 +33,7 @@ def msg(i: int, content: str) -> Message:
 
 def read(mtime: float, *contents: str) -> StateFileRead:
     messages = tuple(msg(i, c) for i, c in enumerate(contents))
-    return StateFileRead(Conversation(messages, None, "statefile"), mtime)
+    return StateFileRead(Conversation(messages, None), mtime)
 
 
 def contents(hub: Hub) -> list[str]:
@@ -151,4 +153,33 @@ def test_disconnect_mid_replay_keeps_the_previous_history() -> None:
     hub.on_event(MessageUpdate(msg(0, "partial replay")))
     hub.on_reachable(False)
     assert contents(hub) == ["a"]
-    assert not hub.mirror.replaying
+    # No replay is staged any more: the next update applies at once.
+    hub.on_event(MessageUpdate(msg(1, "b")))
+    assert contents(hub) == ["a", "b"]
+
+
+def test_events_without_a_conversation_do_not_make_the_held_one_newer() -> None:
+    # A spool written at 1000 stands in for the conversation. agentapi then answers only
+    # with a replay start and a replayed error before it dies: nothing it said is newer
+    # than the state file it saved at 1050, which must still speak.
+    hub, clock = make(held_at=1000.0, recovered=(msg(0, "spooled"),))
+    clock.now = 1100.0
+    hub.on_reachable(True)
+    hub.on_event(ReplayStarted())
+    hub.on_event(AgentError(ErrorLevel.ERROR, "boom", T))
+    hub.on_reachable(False)
+    hub.on_statefile(read(1050.0, "spooled", "saved later"))
+    assert contents(hub) == ["spooled", "saved later"]
+
+
+def test_an_empty_replay_does_not_make_the_held_one_newer() -> None:
+    # agentapi restarted empty at 1100, then died; its state file from 1050 still holds
+    # more than the spool from 1000.
+    hub, clock = make(held_at=1000.0, recovered=(msg(0, "spooled"),))
+    clock.now = 1100.0
+    hub.on_reachable(True)
+    hub.on_event(ReplayStarted())
+    hub.on_event(StatusChange(AgentStatus.STABLE))
+    hub.on_reachable(False)
+    hub.on_statefile(read(1050.0, "spooled", "saved later"))
+    assert contents(hub) == ["spooled", "saved later"]

@@ -11,14 +11,15 @@ from sidecar.models import (
     Message,
     MessageUpdate,
     ReplayStarted,
+    Role,
     StatusChange,
 )
 
 T = "2026-01-01T00:00:00Z"
 
 
-def msg(i: int, content: str = "", role: str = "agent") -> Message:
-    return Message(id=i, role=role, content=content or f"m{i}", time=T)  # type: ignore[arg-type]
+def msg(i: int, content: str = "", role: Role = "agent") -> Message:
+    return Message(id=i, role=role, content=content or f"m{i}", time=T)
 
 
 def replay(mirror: Mirror, messages: list[Message], status: AgentStatus) -> None:
@@ -105,7 +106,9 @@ def test_aborted_replay_keeps_previous_history() -> None:
     mirror.apply(MessageUpdate(msg(0, "partial")))
     mirror.abort_replay()
     assert [m.content for m in mirror.messages()] == ["m0", "m1"]
-    assert not mirror.replaying
+    # No replay is staged any more: the next update applies at once.
+    assert mirror.apply(MessageUpdate(msg(2)))
+    assert [m.content for m in mirror.messages()] == ["m0", "m1", "m2"]
 
 
 def test_huge_replay_holds_only_the_window() -> None:
@@ -121,7 +124,7 @@ def test_huge_replay_holds_only_the_window() -> None:
 
 def test_conversation_replaces_and_sets_status() -> None:
     mirror = Mirror(2)
-    conv = Conversation((msg(0), msg(1), msg(2)), AgentStatus.RUNNING, "poll")
+    conv = Conversation((msg(0), msg(1), msg(2)), AgentStatus.RUNNING)
     change = mirror.apply(conv)
     assert change.messages
     assert change.status
@@ -132,7 +135,7 @@ def test_conversation_replaces_and_sets_status() -> None:
 def test_statefile_conversation_without_status_keeps_status() -> None:
     mirror = Mirror(5)
     mirror.apply(StatusChange(AgentStatus.RUNNING))
-    mirror.apply(Conversation((msg(0),), None, "statefile"))
+    mirror.apply(Conversation((msg(0),), None))
     assert mirror.status is AgentStatus.RUNNING
 
 

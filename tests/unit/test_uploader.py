@@ -1,26 +1,42 @@
-"""The uploader's decisions against an in-memory client with scripted results."""
+"""The uploader's decisions against an in-memory client with scripted results.
+
+Where a test must show that something did *not* happen, it waits until the uploader has
+looked at the change and found nothing to send (`sidecar_snapshot_skipped_total` counts
+that), or until the pending gauge went back to 0.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from uuid import UUID
 
 import pytest
+from structlog.testing import capture_logs
 
 from sidecar.backoff import Backoff
-from sidecar.coder.client import Outcome, Result, classify
+from sidecar.coder.client import Result, classify
 from sidecar.coder.retry import RetryPolicy
 from sidecar.mirror import Mirror
-from sidecar.models import Message, MessageUpdate
+from sidecar.models import (
+    AgentStatus,
+    Message,
+    MessageUpdate,
+    ReplayStarted,
+    Role,
+    StatusChange,
+)
 from sidecar.runtime.metrics import Metrics
-from sidecar.spool import Spool
-from sidecar.uploader import Uploader
+from sidecar.spool import Spool, Spooled
+from sidecar.uploader import FlushOutcome, Uploader
 
 TASK = UUID("7c9e6679-7425-40de-944b-e07fc1f90ae7")
 T = "2026-01-01T00:00:00Z"
+DEADLINE = 5.0
 
 
 def result(status: int | None, retry_after: float | None = None, detail: str = "") -> Result:
@@ -34,11 +50,16 @@ class RecordingClient:
         self.reloads = 0
         self.reload_changes = False
         self.posted = asyncio.Condition()
+        self.hang = False  # requests never get an answer
+        self.hanging = asyncio.Event()
 
     async def post_log_snapshot(
         self, task_id: UUID, body: bytes, *, timeout: float | None = None
     ) -> Result:
         assert task_id == TASK
+        if self.hang:
+            self.hanging.set()
+            await asyncio.Event().wait()
         res = self.script.pop(0) if self.script else result(204)
         async with self.posted:
             self.bodies.append(body)
@@ -49,7 +70,7 @@ class RecordingClient:
         self.reloads += 1
         return self.reload_changes
 
-    async def wait_posts(self, n: int, timeout: float = 5.0) -> None:
+    async def wait_posts(self, n: int, timeout: float = DEADLINE) -> None:
         async with asyncio.timeout(timeout), self.posted:
             await self.posted.wait_for(lambda: len(self.bodies) >= n)
 
@@ -57,35 +78,83 @@ class RecordingClient:
         return [m["content"] for m in json.loads(self.bodies[i])["messages"]]
 
 
-def put(mirror: Mirror, uploader: Uploader, i: int, content: str, role: str = "agent") -> None:
-    if mirror.apply(MessageUpdate(Message(i, role, content, T))):  # type: ignore[arg-type]
-        uploader.notify()
+@dataclass(frozen=True, slots=True)
+class Rig:
+    client: RecordingClient
+    mirror: Mirror
+    uploader: Uploader
+    metrics: Metrics
+    spool_path: Path
+
+    def put(self, i: int, content: str, role: Role = "agent", *, urgent: bool = False) -> None:
+        """A change of the conversation, as the hub reports it."""
+        assert self.mirror.apply(MessageUpdate(Message(i, role, content, T)))
+        self.uploader.notify(urgent=urgent)
+
+    def metric(self, name: str) -> float:
+        value = self.metrics.registry.get_sample_value(name)
+        return 0.0 if value is None else value
+
+    def skipped(self, reason: str) -> float:
+        return self.metric_of("sidecar_snapshot_skipped_total", reason=reason)
+
+    def metric_of(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        async with asyncio.timeout(DEADLINE):
+            while not predicate():
+                await asyncio.sleep(0.005)
+
+    async def settled(self) -> None:
+        """Wait until the uploader has dealt with every change it was told about."""
+        await self.until(
+            lambda: self.metric("sidecar_snapshot_pending_since_timestamp_seconds") == 0
+        )
+
+
+class RigFactory(Protocol):
+    def __call__(
+        self,
+        *,
+        interval: float = 0.2,
+        start: bool = True,
+        retry: RetryPolicy | None = None,
+        spool: Spool | None = None,
+        recovered: Spooled | None = None,
+    ) -> Rig: ...
 
 
 @pytest.fixture
-async def rig(
-    tmp_path: Path,
-) -> AsyncIterator[Callable[..., tuple[RecordingClient, Mirror, Uploader]]]:
+async def make_rig(tmp_path: Path) -> AsyncIterator[RigFactory]:
     tasks: list[asyncio.Task[None]] = []
 
     def make(
-        interval: float = 0.2, start: bool = True, **kw: object
-    ) -> tuple[RecordingClient, Mirror, Uploader]:
+        *,
+        interval: float = 0.2,
+        start: bool = True,
+        retry: RetryPolicy | None = None,
+        spool: Spool | None = None,
+        recovered: Spooled | None = None,
+    ) -> Rig:
         client = RecordingClient()
         mirror = Mirror(10)
-        kw.setdefault("spool", Spool(tmp_path, TASK))
-        kw.setdefault("retry", RetryPolicy(transient=Backoff(base=0.01, cap=0.05)))
+        metrics = Metrics()
+        spool = spool if spool is not None else Spool(tmp_path, TASK)
         uploader = Uploader(
-            client=client,  # type: ignore[arg-type]
+            client=client,
             task_id=TASK,
             mirror=mirror,
-            metrics=Metrics(),
+            metrics=metrics,
             interval=interval,
-            **kw,  # type: ignore[arg-type]
+            spool=spool,
+            recovered=recovered,
+            retry=retry or RetryPolicy(transient=Backoff(base=0.01, cap=0.05)),
         )
         if start:
             tasks.append(asyncio.create_task(uploader.run()))
-        return client, mirror, uploader
+        return Rig(client, mirror, uploader, metrics, spool.path)
 
     yield make
     for task in tasks:
@@ -93,206 +162,254 @@ async def rig(
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def test_first_change_is_posted_promptly(
-    rig: Callable[..., tuple[RecordingClient, Mirror, Uploader]],
-) -> None:
-    client, mirror, uploader = rig(interval=30.0)
-    put(mirror, uploader, 0, "hello", "user")
-    await client.wait_posts(1, timeout=2.0)
-    assert client.contents() == ["hello"]
+def body_of(*contents: str) -> bytes:
+    messages = [{"id": i, "content": c, "role": "agent", "time": T} for i, c in enumerate(contents)]
+    return json.dumps({"messages": messages}, separators=(",", ":")).encode()
 
 
-async def test_streaming_is_coalesced_and_latest_wins(
-    rig: Callable[..., tuple[RecordingClient, Mirror, Uploader]],
-) -> None:
-    client, mirror, uploader = rig(interval=0.3)
-    put(mirror, uploader, 0, "q", "user")
-    await client.wait_posts(1)
+async def test_first_change_is_posted_promptly(make_rig: RigFactory) -> None:
+    rig = make_rig(interval=30.0)
+    rig.put(0, "hello", "user")
+    await rig.client.wait_posts(1)
+    assert rig.client.contents() == ["hello"]
+
+
+async def test_streaming_is_coalesced_and_latest_wins(make_rig: RigFactory) -> None:
+    rig = make_rig(interval=0.3)
+    rig.put(0, "q", "user")
+    await rig.client.wait_posts(1)
     for n in range(50):
-        put(mirror, uploader, 1, "a" * (n + 1))
-    await client.wait_posts(2)
-    # Nothing more is coming: the second post already carries the newest content.
-    assert client.contents(1) == ["q", "a" * 50]
-    assert len(client.bodies) == 2
+        rig.put(1, "a" * (n + 1))
+    await rig.client.wait_posts(2)
+    await rig.settled()
+    # Nothing more came: the second post already carried the newest content.
+    assert rig.client.contents(1) == ["q", "a" * 50]
+    assert len(rig.client.bodies) == 2
 
 
-async def test_identical_body_is_never_reposted(
-    rig: Callable[..., tuple[RecordingClient, Mirror, Uploader]],
-) -> None:
-    client, mirror, uploader = rig(interval=0.05)
-    put(mirror, uploader, 0, "same")
-    await client.wait_posts(1)
-    uploader.notify(urgent=True)
-    uploader.notify()
-    put(mirror, uploader, 1, "next")
-    await client.wait_posts(2)
-    assert client.contents(1) == ["same", "next"]
-    assert len(client.bodies) == 2
+@pytest.mark.parametrize("urgent", [False, True], ids=["change", "turn-ended"])
+async def test_identical_body_is_never_reposted(make_rig: RigFactory, urgent: bool) -> None:
+    rig = make_rig(interval=0.05)
+    rig.put(0, "same")
+    await rig.client.wait_posts(1)
+    await rig.settled()
+    # Told of a change that leaves the body as it was (a status flip, a replay of the
+    # same history): the uploader looks, and posts nothing.
+    rig.uploader.notify(urgent=urgent)
+    await rig.until(lambda: rig.skipped("unchanged") == 1)
+    assert len(rig.client.bodies) == 1
 
 
-async def test_rejected_body_is_not_resent_until_it_changes(
-    rig: Callable[..., tuple[RecordingClient, Mirror, Uploader]],
-) -> None:
-    client, mirror, uploader = rig(interval=0.05)
-    client.script = [result(400, detail="Invalid request body")]
-    put(mirror, uploader, 0, "bad?")
-    await client.wait_posts(1)
-    uploader.notify()
-    uploader.notify(urgent=True)
-    put(mirror, uploader, 1, "changed")
-    await client.wait_posts(2)
-    assert client.contents(1) == ["bad?", "changed"]
-    assert len(client.bodies) == 2
+async def test_rejected_body_is_not_resent_until_it_changes(make_rig: RigFactory) -> None:
+    rig = make_rig(interval=0.05)
+    rig.client.script = [result(400, detail="Invalid request body")]
+    rig.put(0, "bad?")
+    await rig.client.wait_posts(1)
+    rig.uploader.notify(urgent=True)
+    await rig.until(lambda: rig.skipped("refused") == 1)
+    assert len(rig.client.bodies) == 1
+    # Still undelivered: the newest conversation is not at the server.
+    assert rig.metric("sidecar_snapshot_pending_since_timestamp_seconds") > 0
+    rig.put(1, "changed")
+    await rig.client.wait_posts(2)
+    assert rig.client.contents(1) == ["bad?", "changed"]
 
 
-async def test_5xx_is_retried_with_the_newest_body(
-    rig: Callable[..., tuple[RecordingClient, Mirror, Uploader]], tmp_path: Path
-) -> None:
-    client, mirror, uploader = rig(interval=0.05)
-    client.script = [result(503, retry_after=0.2), result(None)]
-    put(mirror, uploader, 0, "v1")
-    await client.wait_posts(1)
-    put(mirror, uploader, 0, "v2")  # arrives during the Retry-After wait
-    await client.wait_posts(3)
-    assert client.contents(1) == ["v2"]
-    assert client.contents(2) == ["v2"]
+async def test_5xx_is_retried_with_the_newest_body(make_rig: RigFactory) -> None:
+    rig = make_rig(interval=0.05)
+    rig.client.script = [result(503, retry_after=0.2), result(None)]
+    rig.put(0, "v1")
+    await rig.client.wait_posts(1)
+    rig.put(0, "v2")  # arrives during the Retry-After wait
+    await rig.client.wait_posts(3)
+    assert rig.client.contents(1) == ["v2"]
+    assert rig.client.contents(2) == ["v2"]
+    await rig.settled()
     # The undelivered body was spooled while failing, and cleared once accepted.
-    assert not (tmp_path / f"{TASK}.json").exists()
+    assert rig.metric("sidecar_spool_writes_total") >= 1
+    assert not rig.spool_path.exists()
 
 
-async def test_failure_spools_the_body(
-    rig: Callable[..., tuple[RecordingClient, Mirror, Uploader]], tmp_path: Path
+async def test_failure_spools_the_body(make_rig: RigFactory) -> None:
+    rig = make_rig(interval=0.05, retry=RetryPolicy(transient=Backoff(base=60, cap=60)))
+    rig.client.script = [result(502)]
+    rig.put(0, "keep me")
+    await rig.client.wait_posts(1)
+    await rig.until(rig.spool_path.exists)
+    assert rig.spool_path.read_bytes() == rig.client.bodies[0]
+
+
+async def test_not_found_backs_off_for_minutes(make_rig: RigFactory) -> None:
+    rig = make_rig(interval=0.05)
+    rig.client.script = [result(404, detail="Resource not found")]
+    with capture_logs() as logs:
+        rig.put(0, "x")
+        await rig.client.wait_posts(1)
+        await rig.until(lambda: rig.uploader.blocked_reason is not None)
+        rig.put(1, "y")
+        for _ in range(50):  # the loop looks at the change; no post may follow
+            await asyncio.sleep(0)
+    assert rig.uploader.blocked_reason == "not_found"
+    assert len(rig.client.bodies) == 1
+    (logged,) = [e for e in logs if e["event"] == "snapshot.task_not_found"]
+    assert logged["retry_in_s"] >= 60
+
+
+async def test_unauthorized_with_a_rotated_token_retries_at_once_without_spooling(
+    make_rig: RigFactory,
 ) -> None:
-    client, mirror, uploader = rig(
-        interval=0.05, retry=RetryPolicy(transient=Backoff(base=60, cap=60))
-    )
-    client.script = [result(502)]
-    put(mirror, uploader, 0, "keep me")
-    await client.wait_posts(1)
-    spooled = (tmp_path / f"{TASK}.json").read_bytes()
-    assert spooled == client.bodies[0]
+    rig = make_rig(interval=0.05)
+    rig.client.script = [result(401)]
+    rig.client.reload_changes = True
+    with capture_logs() as logs:
+        rig.put(0, "x")
+        await rig.client.wait_posts(2)
+        await rig.settled()
+    assert rig.client.reloads == 1
+    assert rig.uploader.blocked_reason is None
+    # The token was re-read before anything was decided: no wait was announced and the
+    # body never went to disk for a retry that came at once.
+    (logged,) = [e for e in logs if e["event"] == "snapshot.unauthorized"]
+    assert logged["token_changed"] is True
+    assert logged["retry_in_s"] == 0
+    assert rig.metric("sidecar_spool_writes_total") == 0
 
 
-async def test_not_found_backs_off_for_minutes(
-    rig: Callable[..., tuple[RecordingClient, Mirror, Uploader]],
+async def test_unauthorized_without_new_token_backs_off_and_spools(make_rig: RigFactory) -> None:
+    rig = make_rig(interval=0.05)
+    rig.client.script = [result(403)]
+    with capture_logs() as logs:
+        rig.put(0, "x")
+        await rig.client.wait_posts(1)
+        await rig.until(lambda: rig.uploader.blocked_reason is not None)
+    assert rig.client.reloads == 1
+    assert rig.uploader.blocked_reason == "unauthorized"
+    (logged,) = [e for e in logs if e["event"] == "snapshot.unauthorized"]
+    assert logged["token_changed"] is False
+    assert logged["retry_in_s"] >= 1
+    assert rig.spool_path.read_bytes() == rig.client.bodies[0]
+
+
+async def test_rotated_token_file_lifts_the_401_backoff(make_rig: RigFactory) -> None:
+    rig = make_rig(interval=0.05)
+    rig.client.script = [result(401)]
+    rig.put(0, "x")
+    await rig.client.wait_posts(1)
+    await rig.until(lambda: rig.uploader.blocked_reason is not None)
+    rig.uploader.credentials_changed()
+    await rig.client.wait_posts(2)
+    assert rig.client.contents() == ["x"]
+
+
+async def test_empty_conversation_is_never_posted(make_rig: RigFactory) -> None:
+    rig = make_rig(interval=0.05, start=False)
+    rig.uploader.notify()
+    assert await rig.uploader.flush(1.0) is FlushOutcome.NOTHING
+    assert rig.client.bodies == []
+
+
+async def test_flush_delivers_newest_and_is_callable_twice(make_rig: RigFactory) -> None:
+    rig = make_rig(interval=60.0)
+    rig.put(0, "first")
+    await rig.client.wait_posts(1)
+    rig.put(1, "last words")  # inside the interval: not posted yet
+    assert await rig.uploader.flush(2.0) is FlushOutcome.DELIVERED
+    assert rig.client.contents() == ["first", "last words"]
+    assert await rig.uploader.flush(2.0) is FlushOutcome.DELIVERED
+    assert len(rig.client.bodies) == 2
+
+
+async def test_flush_retries_until_the_deadline_then_spools(make_rig: RigFactory) -> None:
+    rig = make_rig(interval=60.0, start=False)
+    rig.client.script = [result(503)] * 1000
+    rig.put(0, "undeliverable")
+    # The flush keeps to its budget (0.5 s); the outer bound only stops a runaway.
+    async with asyncio.timeout(DEADLINE):
+        assert await rig.uploader.flush(0.5) is FlushOutcome.SPOOLED
+    assert len(rig.client.bodies) > 1
+    assert rig.spool_path.read_bytes() == rig.client.bodies[-1]
+
+
+async def test_flush_that_cannot_spool_says_the_body_is_lost(
+    make_rig: RigFactory, tmp_path: Path
 ) -> None:
-    client, mirror, uploader = rig(interval=0.05)
-    client.script = [result(404, detail="Resource not found")]
-    put(mirror, uploader, 0, "x")
-    await client.wait_posts(1)
-    assert uploader.blocked_reason == "not_found"
-    assert uploader._blocked_until - uploader._clock() >= 59
-    put(mirror, uploader, 1, "y")
-    await asyncio.sleep(0)  # let the loop observe the change; no post may follow
-    assert len(client.bodies) == 1
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    rig = make_rig(interval=60.0, start=False, spool=Spool(blocker, TASK))
+    rig.client.script = [result(503)] * 1000
+    rig.put(0, "nowhere to go")
+    assert await rig.uploader.flush(0.2) is FlushOutcome.LOST
 
 
-async def test_unauthorized_reloads_token_and_retries_when_it_changed(
-    rig: Callable[..., tuple[RecordingClient, Mirror, Uploader]],
-) -> None:
-    client, mirror, uploader = rig(interval=0.05)
-    client.script = [result(401)]
-    client.reload_changes = True
-    put(mirror, uploader, 0, "x")
-    await client.wait_posts(2, timeout=3.0)
-    assert client.reloads == 1
-    assert uploader.blocked_reason is None
+async def test_flush_of_a_refused_body_says_so(make_rig: RigFactory) -> None:
+    rig = make_rig(interval=60.0, start=False)
+    rig.client.script = [result(400, detail="parsing time failed")]
+    rig.put(0, "refused")
+    assert await rig.uploader.flush(1.0) is FlushOutcome.REJECTED
+    # Asked again, it does not resend what was refused, and still says what happened.
+    assert await rig.uploader.flush(1.0) is FlushOutcome.REJECTED
+    assert len(rig.client.bodies) == 1
+    assert not rig.spool_path.exists()
 
 
-async def test_unauthorized_without_new_token_backs_off(
-    rig: Callable[..., tuple[RecordingClient, Mirror, Uploader]],
-) -> None:
-    client, mirror, uploader = rig(interval=0.05)
-    client.script = [result(403)]
-    put(mirror, uploader, 0, "x")
-    await client.wait_posts(1)
-    async with asyncio.timeout(2):
-        while client.reloads == 0:
-            await asyncio.sleep(0.01)
-    assert uploader.blocked_reason == "unauthorized"
-
-
-async def test_empty_conversation_is_never_posted(
-    rig: Callable[..., tuple[RecordingClient, Mirror, Uploader]],
-) -> None:
-    client, _mirror, uploader = rig(interval=0.05, start=False)
-    uploader.notify()
-    assert await uploader.flush(1.0) is True
-    assert client.bodies == []
-
-
-async def test_flush_delivers_newest_and_is_callable_twice(
-    rig: Callable[..., tuple[RecordingClient, Mirror, Uploader]],
-) -> None:
-    client, mirror, uploader = rig(interval=60.0)
-    put(mirror, uploader, 0, "first")
-    await client.wait_posts(1)
-    put(mirror, uploader, 1, "last words")  # inside the interval: not posted yet
-    assert await uploader.flush(2.0) is True
-    assert client.contents() == ["first", "last words"]
-    assert await uploader.flush(2.0) is True
-    assert len(client.bodies) == 2
-
-
-async def test_flush_retries_until_the_deadline_then_spools(
-    rig: Callable[..., tuple[RecordingClient, Mirror, Uploader]], tmp_path: Path
-) -> None:
-    client, mirror, uploader = rig(interval=60.0, start=False)
-    client.script = [result(503)] * 1000
-    put(mirror, uploader, 0, "undeliverable")
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    assert await uploader.flush(0.5) is False
-    assert loop.time() - started < 1.5
-    assert len(client.bodies) > 1
-    assert (tmp_path / f"{TASK}.json").read_bytes() == client.bodies[-1]
-
-
-async def test_spooled_body_is_delivered_on_start(
-    tmp_path: Path, rig: Callable[..., tuple[RecordingClient, Mirror, Uploader]]
-) -> None:
-    body = json.dumps(
-        {"messages": [{"id": 3, "content": "from last run", "role": "agent", "time": T}]},
-        separators=(",", ":"),
-    ).encode()
-    Spool(tmp_path, TASK).save(body)
-    client, _mirror, uploader = rig(interval=0.05)
-    await client.wait_posts(1)
-    assert client.bodies[0] == body
-    async with asyncio.timeout(2):
-        while (tmp_path / f"{TASK}.json").exists():
-            await asyncio.sleep(0.01)
-    assert uploader.pending_age() == 0
+async def test_spooled_body_is_delivered_on_start(make_rig: RigFactory, tmp_path: Path) -> None:
+    body = body_of("from last run")
+    spool = Spool(tmp_path, TASK)
+    assert spool.save(body)
+    rig = make_rig(interval=0.05, spool=spool, recovered=spool.load())
+    await rig.client.wait_posts(1)
+    assert rig.client.bodies[0] == body
+    await rig.settled()
+    assert not spool.path.exists()
+    assert rig.uploader.pending_age() == 0
 
 
 async def test_newer_conversation_supersedes_the_spool(
-    tmp_path: Path, rig: Callable[..., tuple[RecordingClient, Mirror, Uploader]]
+    make_rig: RigFactory, tmp_path: Path
 ) -> None:
-    old = json.dumps(
-        {"messages": [{"id": 0, "content": "old", "role": "agent", "time": T}]},
-        separators=(",", ":"),
-    ).encode()
-    Spool(tmp_path, TASK).save(old)
-    client, mirror, uploader = rig(interval=0.05, start=False)
-    put(mirror, uploader, 0, "new")
-    assert await uploader.flush(1.0)
-    assert client.contents() == ["new"]
-    assert not (tmp_path / f"{TASK}.json").exists()
+    spool = Spool(tmp_path, TASK)
+    assert spool.save(body_of("old"))
+    rig = make_rig(interval=0.05, start=False, spool=spool, recovered=spool.load())
+    rig.put(0, "new")
+    assert await rig.uploader.flush(1.0) is FlushOutcome.DELIVERED
+    assert rig.client.contents() == ["new"]
+    assert len(rig.client.bodies) == 1
+    assert not spool.path.exists()
 
 
-async def test_result_outcomes() -> None:
-    assert classify(None) is Outcome.RETRY
-    assert [classify(s) for s in (200, 204, 400, 401, 403, 404, 408, 409, 413, 429, 500, 503)] == [
-        Outcome.OK,
-        Outcome.OK,
-        Outcome.REJECTED,
-        Outcome.UNAUTHORIZED,
-        Outcome.UNAUTHORIZED,
-        Outcome.NOT_FOUND,
-        Outcome.RETRY,
-        Outcome.REJECTED,
-        Outcome.REJECTED,
-        Outcome.RETRY,
-        Outcome.RETRY,
-        Outcome.RETRY,
-    ]
+async def test_flush_cut_short_still_spools(make_rig: RigFactory) -> None:
+    rig = make_rig(interval=60.0, start=False)
+    rig.client.hang = True
+    rig.put(0, "interrupted")
+    flush = asyncio.create_task(rig.uploader.flush(30.0))
+    await asyncio.wait_for(rig.client.hanging.wait(), DEADLINE)
+    flush.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flush
+    assert rig.uploader.conclude() is FlushOutcome.SPOOLED
+    assert json.loads(rig.spool_path.read_bytes())["messages"][0]["content"] == "interrupted"
+
+
+def test_outcomes_say_whether_the_server_holds_the_conversation() -> None:
+    assert {o for o in FlushOutcome if o.delivered} == {
+        FlushOutcome.DELIVERED,
+        FlushOutcome.NOTHING,
+    }
+
+
+async def test_a_conversation_emptied_by_a_restart_keeps_the_last_one(
+    make_rig: RigFactory,
+) -> None:
+    rig = make_rig(interval=0.05)
+    rig.client.script = [result(503)]
+    rig.put(0, "before the restart")
+    await rig.client.wait_posts(1)
+    # agentapi restarts without its state file: its replay is empty.
+    rig.mirror.apply(ReplayStarted())
+    assert rig.mirror.apply(StatusChange(AgentStatus.STABLE))
+    rig.uploader.notify(urgent=True)
+    # Nothing empty is ever posted; the last conversation is delivered instead.
+    await rig.client.wait_posts(2)
+    assert rig.client.contents() == ["before the restart"]
+    assert await rig.uploader.flush(1.0) is FlushOutcome.DELIVERED
+    assert len(rig.client.bodies) == 2

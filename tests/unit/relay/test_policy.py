@@ -25,7 +25,7 @@ from sidecar.models import (
     ReplayStarted,
     StatusChange,
 )
-from sidecar.relay.policy import NOT_RESPONDING, RelayPolicy, StatusReport
+from sidecar.relay.policy import NOT_RESPONDING, ErrorNews, RelayPolicy, StatusReport
 
 Step: TypeAlias = Event | Literal["down", "up"]
 Case: TypeAlias = list[tuple[Step, StatusReport | None]]
@@ -222,13 +222,13 @@ CASES: dict[str, Case] = {
     "poll: the same conversation again → nothing": [
         (
             Conversation(
-                (msg(0, "user", "hi", 1), msg(1, "agent", "Hello!", 2)), AgentStatus.STABLE, "poll"
+                (msg(0, "user", "hi", 1), msg(1, "agent", "Hello!", 2)), AgentStatus.STABLE
             ),
             I("Hello!"),
         ),
         (
             Conversation(
-                (msg(0, "user", "hi", 1), msg(1, "agent", "Hello!", 2)), AgentStatus.STABLE, "poll"
+                (msg(0, "user", "hi", 1), msg(1, "agent", "Hello!", 2)), AgentStatus.STABLE
             ),
             None,
         ),
@@ -236,13 +236,12 @@ CASES: dict[str, Case] = {
             Conversation(
                 (msg(0, "user", "hi", 1), msg(1, "agent", "Hello!", 2), msg(2, "user", "bye", 9)),
                 AgentStatus.RUNNING,
-                "poll",
             ),
             W("bye"),
         ),
     ],
     "state file (no status) only updates what is known": [
-        (Conversation((msg(0, "user", "hi", 1),), None, "statefile"), None),
+        (Conversation((msg(0, "user", "hi", 1),), None), None),
         (STABLE, I("")),
     ],
     # --- errors ---------------------------------------------------------------------------
@@ -332,7 +331,6 @@ CASES: dict[str, Case] = {
             Conversation(
                 (msg(0, "user", "fix the login bug", 1), msg(2, "user", "also docs", 9)),
                 None,
-                "statefile",
             ),
             None,
         ),
@@ -435,14 +433,28 @@ def test_reachable_before_any_status_clears_wanted() -> None:
     assert policy.wanted is None
 
 
-def test_is_new_error_is_a_pure_query() -> None:
+def test_observe_error_says_what_each_error_was() -> None:
     policy = RelayPolicy()
-    event = warn("careful", 5)
-    assert policy.is_new_error(event)
-    assert policy.is_new_error(event)
-    policy.observe(event)
-    assert not policy.is_new_error(event)
-    assert policy.is_new_error(warn("careful", 6))
+    run_case(policy, AFTER_HISTORY)
+    assert policy.observe_error(warn("careful", 5)) == (ErrorNews.WARNING, None)
+    assert policy.observe_error(warn("careful", 5)) == (ErrorNews.REPLAYED, None)
+    assert policy.observe_error(err("boom", 6)) == (ErrorNews.FAILURE, F("boom"))
+    # The same error replayed after a reconnect, and an older one: nothing new.
+    assert policy.observe_error(err("boom", 6)) == (ErrorNews.REPLAYED, None)
+    assert policy.observe_error(err("older", 4)) == (ErrorNews.REPLAYED, None)
+    # Two different errors may share a timestamp.
+    assert policy.observe_error(err("also", 6)) == (ErrorNews.FAILURE, F("also"))
+
+
+def test_error_from_before_the_newest_request_is_superseded() -> None:
+    policy = RelayPolicy()
+    run_case(policy, AFTER_HISTORY)
+    policy.observe(MessageUpdate(msg(9, "user", "try again", 30)))
+    news, wanted = policy.observe_error(err("stale failure", 20))
+    assert news is ErrorNews.SUPERSEDED
+    assert wanted is None
+    assert policy.wanted is not None
+    assert policy.wanted.state is AppState.WORKING
 
 
 @pytest.mark.parametrize(
@@ -475,9 +487,7 @@ def test_stop_report_failure_carries_the_current_failure() -> None:
 def test_long_multibyte_messages_fit_160_bytes() -> None:
     policy = RelayPolicy()
     request = "请把登录模块重构一下，" * 20 + "😀"
-    report = policy.observe(
-        Conversation((msg(0, "user", request, 1),), AgentStatus.RUNNING, "poll")
-    )
+    report = policy.observe(Conversation((msg(0, "user", request, 1),), AgentStatus.RUNNING))
     assert report is not None
     assert report.state is AppState.WORKING
     assert len(report.message.encode()) <= 160

@@ -1,0 +1,140 @@
+"""The daemon in-process against the loopback fakes: its lifecycle and what it reports.
+
+The real process with real signals is covered in tests/e2e; here the daemon's own stop
+request stands in for the signal, so the log and the loop's state can be inspected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+from structlog.testing import capture_logs
+
+from sidecar.config import ConfigError, load_settings
+from sidecar.runtime.daemon import Daemon
+from tests.conftest import AgentapiFactory, CoderFactory
+
+DEADLINE = 10.0
+
+
+class DaemonFactory(Protocol):
+    async def __call__(self, **env: str) -> Daemon: ...
+
+
+@pytest.fixture
+def make_daemon(
+    make_fake_agentapi: AgentapiFactory, make_fake_coder: CoderFactory, tmp_path: Path
+) -> DaemonFactory:
+    async def factory(**env: str) -> Daemon:
+        agentapi = await make_fake_agentapi()
+        coder = await make_fake_coder()
+        agentapi.fake.add_message("user", "hello")
+        values = {
+            "CODER_AGENT_URL": coder.url,
+            "CODER_AGENT_TOKEN": coder.fake.token,
+            "CODER_TASK_ID": str(coder.fake.task_id),
+            "CODER_MCP_AI_AGENTAPI_URL": agentapi.url,
+            "SIDECAR_STATE_DIR": str(tmp_path / "state"),
+            "SIDECAR_SHUTDOWN_TIMEOUT": "2",
+        }
+        values.update(env)
+        return Daemon(load_settings({k: v for k, v in values.items() if v}))
+
+    return factory
+
+
+async def run_until_started(daemon: Daemon) -> asyncio.Task[int]:
+    task = asyncio.create_task(daemon.run())
+    async with asyncio.timeout(DEADLINE):
+        while daemon.metrics.registry.get_sample_value("sidecar_agentapi_connected") != 1:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+    return task
+
+
+def completed(logs: list[MutableMapping[str, Any]]) -> MutableMapping[str, Any]:
+    (done,) = [e for e in logs if e["event"] == "shutdown.complete"]
+    return done
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+async def test_signal_handlers_are_installed_while_running_and_removed_after(
+    make_daemon: DaemonFactory,
+) -> None:
+    daemon = await make_daemon()
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    task = await run_until_started(daemon)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        assert signal.getsignal(sig) not in (signal.SIG_DFL, signal.SIG_IGN)
+    daemon.request_stop("SIGTERM")
+    assert await asyncio.wait_for(task, DEADLINE) == 0
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+async def test_a_health_listener_that_cannot_bind_is_a_configuration_error(
+    make_daemon: DaemonFactory, busy_port: int
+) -> None:
+    daemon = await make_daemon(SIDECAR_HTTP_ADDR=f"127.0.0.1:{busy_port}")
+    with capture_logs() as logs, pytest.raises(ConfigError) as info:
+        await asyncio.wait_for(daemon.run(), DEADLINE)
+    assert info.value.variable == "SIDECAR_HTTP_ADDR"
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["health.bind_failed"]
+    # Nothing was left running, and the signals are the default ones again.
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+async def test_shutdown_reports_a_delivered_snapshot(make_daemon: DaemonFactory) -> None:
+    daemon = await make_daemon()
+    with capture_logs() as logs:
+        task = await run_until_started(daemon)
+        daemon.request_stop("SIGTERM")
+        assert await asyncio.wait_for(task, DEADLINE) == 0
+    done = completed(logs)
+    assert done["snapshot"] == "delivered"
+    assert done["snapshot_delivered"] is True
+    assert done["spooled"] is False
+
+
+async def test_shutdown_without_a_task_claims_no_snapshot(make_daemon: DaemonFactory) -> None:
+    daemon = await make_daemon(CODER_TASK_ID="")
+    with capture_logs() as logs:
+        task = await run_until_started(daemon)
+        daemon.request_stop("SIGTERM")
+        assert await asyncio.wait_for(task, DEADLINE) == 0
+    done = completed(logs)
+    assert done["snapshot"] == "off"
+    assert done["snapshot_delivered"] is False
+    assert done["spooled"] is False
+
+
+async def test_repeated_sigterm_is_one_stop_request(make_daemon: DaemonFactory) -> None:
+    daemon = await make_daemon()
+    with capture_logs() as logs:
+        task = await run_until_started(daemon)
+        daemon.request_stop("SIGTERM")
+        daemon.request_stop("SIGTERM")
+        daemon.request_stop("SIGHUP")
+        assert await asyncio.wait_for(task, DEADLINE) == 0
+    assert [e["event"] for e in logs if e["event"].startswith("shutdown.")] == [
+        "shutdown.requested",
+        "shutdown.repeated",
+        "shutdown.repeated",
+        "shutdown.complete",
+    ]
+    assert completed(logs)["forced"] is False
