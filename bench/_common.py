@@ -11,6 +11,7 @@ import asyncio
 import atexit
 import contextlib
 import datetime as _dt
+import multiprocessing.process
 import os
 import platform
 import signal
@@ -20,14 +21,12 @@ import sys
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeAlias, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-
-T = TypeVar("T")
 
 # --- command line -----------------------------------------------------------------------
 
@@ -77,10 +76,18 @@ def watchdog(seconds: int) -> None:
 
 # --- child processes --------------------------------------------------------------------
 
-_children: list[Any] = []
+Child: TypeAlias = (
+    subprocess.Popen[str]
+    | subprocess.Popen[bytes]
+    | asyncio.subprocess.Process
+    | multiprocessing.process.BaseProcess
+)
+C = TypeVar("C", bound=Child)
+
+_children: list[Child] = []
 
 
-def track(child: T) -> T:
+def track(child: C) -> C:
     """Remember a child (subprocess.Popen, asyncio Process or multiprocessing.Process) so
     it is killed when the benchmark exits, however it exits."""
     _children.append(child)
@@ -90,7 +97,7 @@ def track(child: T) -> T:
 def kill_children() -> None:
     for child in reversed(_children):
         with contextlib.suppress(Exception):
-            if hasattr(child, "is_alive"):  # multiprocessing.Process
+            if isinstance(child, multiprocessing.process.BaseProcess):
                 if child.is_alive():
                     child.kill()
                     child.join(2)
@@ -98,7 +105,7 @@ def kill_children() -> None:
                 if child.poll() is None:
                     child.kill()
                     child.wait(2)
-            elif getattr(child, "returncode", 0) is None:
+            elif child.returncode is None:
                 # An asyncio Process not reaped yet: its pid is still ours. Its loop may
                 # be closed already, so signal the pid directly.
                 os.kill(child.pid, signal.SIGKILL)
@@ -173,7 +180,7 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
-def table(title: str, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+def table(title: str, headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     """A Markdown table (so it pastes into RESULTS.md as is), printed and returned."""
     body = [[str(c) for c in row] for row in rows]
     widths = [len(h) for h in headers]

@@ -16,13 +16,14 @@ import multiprocessing
 import multiprocessing.connection
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal, NotRequired, TypeAlias, TypedDict
 
 import _common  # first: puts the repo root on sys.path
+from _pipeline import Endpoints
 from aiohttp import web
 
 from tests.fakes.agentapi import sse_frame
-from tests.fakes.coder import FakeCoder
+from tests.fakes.coder import FakeCoder, RecordedRequest
 from tests.fakes.server import rfc3339, serve
 
 _CHUNK = 256 * 1024
@@ -37,6 +38,31 @@ _TEXT = (
     '    raise ValueError(f"message {m.id} does not fit")\n'
     "\tC:\\path\\on\\windows ✓ done — 100% (ünïcödé)\n"
 )
+
+
+class Spec(TypedDict):
+    """What the fakes process serves on /events: a live stream of `events`
+    message_update events, a replay of `messages` messages of `size` characters, or just
+    the status (`coder`: only the FakeCoder matters, with `tasks` tasks)."""
+
+    kind: Literal["live", "replay", "coder"]
+    events: NotRequired[int]
+    messages: NotRequired[int]
+    size: NotRequired[int]
+    tasks: NotRequired[int]
+    seq_pattern: NotRequired[str]  # finds the [seq=N] markers in snapshot bodies
+
+
+class Info(Endpoints):
+    """What the fakes process reports once it serves."""
+
+    tasks: list[str]  # every task's UUID, `task` first
+    bytes: int  # the size of the /events payload
+    events: int  # message_update events in it
+
+
+# (method, path, arrival time.monotonic(), status, highest [seq=N] in a POST's body)
+Record: TypeAlias = tuple[str, str, float, int | None, int | None]
 
 
 def _text(chars: int) -> str:
@@ -106,7 +132,7 @@ def replay_payload(messages: int, size: int) -> bytes:
     return b"".join(frames)
 
 
-def build(spec: dict[str, Any]) -> tuple[bytes, int]:
+def build(spec: Spec) -> tuple[bytes, int]:
     if spec["kind"] == "coder":  # only the FakeCoder matters
         return sse_frame("status_change", {"status": "stable", "agent_type": "claude"}), 0
     if spec["kind"] == "live":
@@ -117,11 +143,11 @@ def build(spec: dict[str, Any]) -> tuple[bytes, int]:
 # --- the process --------------------------------------------------------------------------
 
 
-def serve_main(conn: multiprocessing.connection.Connection, spec: dict[str, Any]) -> None:
+def serve_main(conn: multiprocessing.connection.Connection, spec: Spec) -> None:
     asyncio.run(_serve(conn, spec))
 
 
-async def _serve(conn: multiprocessing.connection.Connection, spec: dict[str, Any]) -> None:
+async def _serve(conn: multiprocessing.connection.Connection, spec: Spec) -> None:
     payload, events = build(spec)
     coder = FakeCoder()
     tasks = [str(coder.task_id)] + [str(coder.add_task()) for _ in range(spec.get("tasks", 1) - 1)]
@@ -153,17 +179,16 @@ async def _serve(conn: multiprocessing.connection.Connection, spec: dict[str, An
     readable = asyncio.Event()
     loop.add_reader(conn.fileno(), readable.set)
     async with serve(app) as sse, serve(coder.app) as coder_srv:
-        conn.send(
-            {
-                "sse": sse.url,
-                "coder": coder_srv.url,
-                "token": coder.token,
-                "task": str(coder.task_id),
-                "tasks": tasks,
-                "bytes": len(payload),
-                "events": events,
-            }
-        )
+        info: Info = {
+            "sse": sse.url,
+            "coder": coder_srv.url,
+            "token": coder.token,
+            "task": str(coder.task_id),
+            "tasks": tasks,
+            "bytes": len(payload),
+            "events": events,
+        }
+        conn.send(info)
         while True:
             await readable.wait()
             readable.clear()
@@ -175,23 +200,21 @@ async def _serve(conn: multiprocessing.connection.Connection, spec: dict[str, An
                     if command == "records":
                         conn.send([_record(r, seq_pattern) for r in coder.requests])
                     if command == "stats":
-                        posts = coder.snapshot_posts()
-                        conn.send(
-                            {
-                                "streams": streams,
-                                "snapshot_posts": len(posts),
-                                "snapshot_accepted": len(coder.accepted_snapshot_posts()),
-                                "app_statuses": len(coder.app_statuses),
-                                "requests": len(coder.requests),
-                            }
-                        )
+                        stats: dict[str, int] = {
+                            "streams": streams,
+                            "snapshot_posts": len(coder.snapshot_posts()),
+                            "snapshot_accepted": len(coder.accepted_snapshot_posts()),
+                            "app_statuses": len(coder.app_statuses),
+                            "requests": len(coder.requests),
+                        }
+                        conn.send(stats)
             except (EOFError, OSError):
                 return  # the parent is gone
 
 
-def _record(r: Any, seq_pattern: re.Pattern[bytes]) -> tuple[Any, ...]:
-    """(method, path, arrival monotonic time, status, highest [seq=N] in the body).
-    time.monotonic() is CLOCK_MONOTONIC: comparable across processes on one machine."""
+def _record(r: RecordedRequest, seq_pattern: re.Pattern[bytes]) -> Record:
+    """A request as a Record. time.monotonic() is CLOCK_MONOTONIC: comparable across
+    processes on one machine."""
     seqs = [int(m) for m in seq_pattern.findall(r.body)] if r.method == "POST" else []
     return (r.method, r.path, r.at, r.status, max(seqs) if seqs else None)
 
@@ -199,10 +222,10 @@ def _record(r: Any, seq_pattern: re.Pattern[bytes]) -> tuple[Any, ...]:
 class Fakes:
     """The fakes process, as a context manager; killed on exit whatever happens."""
 
-    def __init__(self, spec: dict[str, Any], timeout: float = 120.0) -> None:
+    def __init__(self, spec: Spec, timeout: float = 120.0) -> None:
         self.spec = spec
         self.timeout = timeout
-        self.info: dict[str, Any] = {}
+        self._info: Info | None = None
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=serve_main, args=(child, spec), daemon=True)
@@ -212,10 +235,16 @@ class Fakes:
         _common.track(self._proc)
         self._proc.start()
         self._child_conn.close()
-        self.info = await self._recv()
+        self._info = await self._recv()
         return self
 
-    async def _recv(self) -> Any:
+    @property
+    def info(self) -> Info:
+        if self._info is None:
+            raise RuntimeError("the fakes process is not running (use `async with Fakes(...)`)")
+        return self._info
+
+    async def _recv(self) -> Any:  # whatever _serve sent for the command
         loop = asyncio.get_running_loop()
         ready = await loop.run_in_executor(None, self._conn.poll, self.timeout)
         if not ready:
@@ -227,14 +256,14 @@ class Fakes:
                 f"the fakes process died (exit code {self._proc.exitcode}); see its stderr"
             ) from None
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self) -> dict[str, int]:
         self._conn.send("stats")
-        result: dict[str, Any] = await self._recv()
+        result: dict[str, int] = await self._recv()
         return result
 
-    async def records(self) -> list[tuple[Any, ...]]:
+    async def records(self) -> list[Record]:
         self._conn.send("records")
-        result: list[tuple[Any, ...]] = await self._recv()
+        result: list[Record] = await self._recv()
         return result
 
     async def __aexit__(self, *exc: object) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from typing import TypedDict
 
 import aiohttp
 
@@ -19,9 +19,26 @@ from sidecar.coder.session import make_session
 from sidecar.coder.token import TokenSource
 from sidecar.hub import Hub
 from sidecar.mirror import Mirror
-from sidecar.relay.policy import Relay, RelayPolicy
+from sidecar.relay.delivery import Relay
+from sidecar.relay.policy import RelayPolicy
 from sidecar.runtime.metrics import Metrics
 from sidecar.uploader import Uploader
+
+
+class Endpoints(TypedDict):
+    """Where the pipeline reads from and posts to."""
+
+    sse: str  # agentapi's base URL (the raw SSE server's, or anything for no socket)
+    coder: str  # Coder's base URL
+    token: str
+    task: str  # the task's UUID
+
+
+def nowhere() -> Endpoints:
+    """Endpoints for a pipeline fed without sockets, whose workers never run: nothing is
+    ever sent there."""
+    url = "http://127.0.0.1:9"
+    return {"sse": url, "coder": url, "token": str(uuid.uuid4()), "task": str(uuid.uuid4())}
 
 
 def count(metrics: Metrics, event_type: str) -> float:
@@ -30,14 +47,22 @@ def count(metrics: Metrics, event_type: str) -> float:
 
 
 def posts(metrics: Metrics, result: str = "ok") -> int:
-    value = metrics.registry.get_sample_value("sidecar_snapshot_posts_total", {"result": result})
-    return int(value or 0)
+    """Snapshot POSTs with this result, whatever HTTP status they were answered with."""
+    return int(
+        sum(
+            sample.value
+            for family in metrics.registry.collect()
+            for sample in family.samples
+            if sample.name == "sidecar_snapshot_posts_total"
+            and sample.labels.get("result") == result
+        )
+    )
 
 
 class Pipeline:
     """The daemon's ingest wiring (sidecar/daemon.py), built from the fakes' addresses."""
 
-    def __init__(self, info: dict[str, Any], session: aiohttp.ClientSession, relay: bool):
+    def __init__(self, info: Endpoints, session: aiohttp.ClientSession, relay: bool) -> None:
         self.metrics = Metrics()
         coder = CoderClient(
             session=session, base_url=info["coder"], token=TokenSource(value=info["token"])
@@ -77,7 +102,7 @@ class Pipeline:
     async def stop(self) -> bool:
         if self._source is not None:  # stop reading first, as the daemon does
             self._source.cancel()
-        delivered = await self.uploader.flush(5.0)
+        delivered = (await self.uploader.flush(5.0)).delivered
         if self.relay is not None:
             await self.relay.stop(None, 2.0)
         for task in self._tasks:
@@ -86,5 +111,5 @@ class Pipeline:
         return delivered
 
 
-def session_for(info: dict[str, Any]) -> aiohttp.ClientSession:
-    return make_session()
+def session_for(info: Endpoints) -> aiohttp.ClientSession:
+    return make_session(None)  # loopback only: no proxy settings to honour

@@ -10,9 +10,9 @@ import json
 import resource
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
 
-from _pipeline import Pipeline, count, posts, session_for
+from _pipeline import Endpoints, Pipeline, count, posts, session_for
 
 
 def rss_mb() -> float:
@@ -29,7 +29,7 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def wait_until(predicate: Any, timeout: float, poll: float) -> None:
+async def wait_until(predicate: Callable[[], bool], timeout: float, poll: float) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not predicate():
@@ -38,7 +38,7 @@ async def wait_until(predicate: Any, timeout: float, poll: float) -> None:
         await asyncio.sleep(poll)
 
 
-async def replay_child(info: dict[str, Any]) -> dict[str, Any]:
+async def replay_child(info: Endpoints) -> dict[str, float]:
     rss_before = rss_mb()
     async with session_for(info) as session:
         p = Pipeline(info, session, relay=True)
@@ -68,7 +68,7 @@ def main() -> None:
     from sidecar.log import configure
 
     configure("warning", "json", stream=sys.stderr)
-    info = json.loads(sys.argv[1])
+    info: Endpoints = json.loads(sys.argv[1])  # what bench/ingest.py passes
     print(json.dumps(asyncio.run(asyncio.wait_for(replay_child(info), 300))))
 
 

@@ -18,6 +18,7 @@ Aims (from the issue): ≥ 50,000 events/s; replay ≥ 40 MB/s; peak RSS ≤ 80 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import signal
@@ -25,8 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,11 +34,11 @@ from typing import Any
 import _common  # first: puts the repo root on sys.path
 import _fakes_proc
 import aiohttp
-from _pipeline import Pipeline, count, posts, session_for
+from _pipeline import Pipeline, count, nowhere, posts, session_for
 
 from sidecar.agentapi.sse import SSEParser
 from sidecar.mirror import Mirror
-from sidecar.models import parse_sse_event
+from sidecar.models import Invalid, parse_sse_event
 from tests.e2e.harness import SidecarProcess, base_env
 
 AIM_EVENTS_S = 50_000
@@ -116,8 +116,8 @@ def stage_mirror(chunks: list[bytes]) -> int:
     for c in chunks:
         for frame in parser.feed(c):
             event = parse_sse_event(frame.event, frame.data)
-            if event is not None and not hasattr(event, "reason"):
-                mirror.apply(event)  # type: ignore[arg-type]
+            if event is not None and not isinstance(event, Invalid):
+                mirror.apply(event)
             n += 1
     return n
 
@@ -126,10 +126,8 @@ async def stage_reader(data: bytes, relay: bool) -> int:
     """AgentapiSource's own reader coroutine and dispatch (metrics counter, validation)
     → Hub → Mirror → Uploader.notify (→ Relay.observe): the daemon's per-event path,
     without sockets. The workers are not running, so nothing is posted."""
-    info = {"coder": "http://127.0.0.1:9", "token": str(uuid.uuid4()), "task": str(uuid.uuid4())}
-    info["sse"] = info["coder"]
     async with aiohttp.ClientSession() as session:
-        p = Pipeline(info, session, relay)
+        p = Pipeline(nowhere(), session, relay)
         # The reader loop itself (private, but it is the real per-chunk code path).
         await p.source._read(chunks_of(data))
         return int(sum(count(p.metrics, t) for t in ("message_update", "status_change")))
@@ -141,7 +139,7 @@ def timed(fn: Callable[[], int]) -> tuple[int, float, float]:
     return n, time.perf_counter() - t0, time.process_time() - cpu0
 
 
-async def timed_async(fn: Callable[[], Any]) -> tuple[int, float, float]:
+async def timed_async(fn: Callable[[], Awaitable[int]]) -> tuple[int, float, float]:
     cpu0, t0 = time.process_time(), time.perf_counter()
     n = await fn()
     return n, time.perf_counter() - t0, time.process_time() - cpu0
@@ -151,7 +149,7 @@ async def timed_async(fn: Callable[[], Any]) -> tuple[int, float, float]:
 
 
 async def replay(messages: int, size: int) -> dict[str, Any]:
-    spec = {"kind": "replay", "messages": messages, "size": size}
+    spec: _fakes_proc.Spec = {"kind": "replay", "messages": messages, "size": size}
     async with _fakes_proc.Fakes(spec) as fakes:
         info = fakes.info
         cmd = [sys.executable, str(_common.BENCH / "_replay_child.py"), json.dumps(info)]
@@ -189,7 +187,7 @@ def log_time(event: dict[str, Any]) -> float:
 async def replay_daemon(messages: int, size: int) -> dict[str, Any]:
     """The real `coder-task-sidecar run` process reading the replay: its peak RSS from
     /proc (VmHWM) and connect → first snapshot posted from its own log timestamps."""
-    spec = {"kind": "replay", "messages": messages, "size": size}
+    spec: _fakes_proc.Spec = {"kind": "replay", "messages": messages, "size": size}
     async with _fakes_proc.Fakes(spec) as fakes:
         info = fakes.info
         with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
@@ -227,7 +225,7 @@ async def replay_daemon(messages: int, size: int) -> dict[str, Any]:
 # --- report -------------------------------------------------------------------------------
 
 
-async def main_async(args: Any) -> int:
+async def main_async(args: argparse.Namespace) -> int:
     events = args.events or (10_000 if args.quick else 100_000)
     r_messages = args.replay_messages or (2_000 if args.quick else 20_000)
     repeat = args.repeat or (1 if args.quick else 3)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import cProfile
+import functools
 import json
 import os
 import pstats
@@ -30,13 +31,13 @@ import subprocess
 import sys
 import time
 import timeit
-import uuid
 from collections.abc import AsyncIterator
+from typing import TypeAlias
 
 import _common  # first: puts the repo root on sys.path
 import _fakes_proc
 import aiohttp
-from _pipeline import Pipeline
+from _pipeline import Pipeline, nowhere
 
 from sidecar import snapshot
 from sidecar.models import SNAPSHOT_MAX_BYTES, Message
@@ -54,17 +55,27 @@ async def _chunks(data: bytes) -> AsyncIterator[bytes]:
 
 
 async def ingest(payload: bytes) -> None:
-    info = {"coder": "http://127.0.0.1:9", "token": str(uuid.uuid4()), "task": str(uuid.uuid4())}
-    info["sse"] = info["coder"]
     async with aiohttp.ClientSession() as session:
-        p = Pipeline(info, session, relay=True)
+        p = Pipeline(nowhere(), session, relay=True)
         await p.source._read(_chunks(payload))  # the real reader coroutine (private)
 
 
+# pstats' table: (file, line, function) → (primitive calls, calls, own s, cumulative s,
+# callers).
+_Function: TypeAlias = tuple[str, int, str]
+_Entry: TypeAlias = tuple[int, int, float, float, dict[_Function, tuple[int, int, float, float]]]
+
+
+def _stats_table(prof: cProfile.Profile) -> dict[_Function, _Entry]:
+    # The table pstats prints from; typeshed does not declare the attribute (pstats only
+    # documents printing it), and nothing public exposes it per file and line.
+    table: dict[_Function, _Entry] = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    return table
+
+
 def top_functions(prof: cProfile.Profile, top: int, total_s: float) -> list[list[str]]:
-    stats = pstats.Stats(prof)
     rows = []
-    entries = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)  # type: ignore[attr-defined]
+    entries = sorted(_stats_table(prof).items(), key=lambda kv: kv[1][2], reverse=True)
     for (path, line, name), (_cc, ncalls, tottime, cumtime, _callers) in entries[:top]:
         where = path.replace(str(_common.REPO) + "/", "")
         where = re.sub(r".*/site-packages/", "", where)
@@ -92,7 +103,7 @@ def profile_ingest(events: int, top: int, use_pyinstrument: bool) -> None:
     t0 = time.perf_counter()
     prof.runcall(asyncio.run, ingest(payload))
     profiled = time.perf_counter() - t0
-    total = pstats.Stats(prof).total_tt  # type: ignore[attr-defined]
+    total = sum(entry[2] for entry in _stats_table(prof).values())  # pstats' total_tt
     _common.note(
         f"\ningest: {frames:,} frames, {len(payload) / 1e6:.1f} MB; unprofiled "
         f"{plain:.3f} s = {plain / frames * 1e6:.2f} µs/frame; under cProfile {profiled:.3f} s"
@@ -198,11 +209,11 @@ def encodes_per_build(messages: list[Message]) -> int:
         calls += 1
         return real(message)
 
-    snapshot._encode_one = counting  # type: ignore[assignment]
+    snapshot._encode_one = counting
     try:
         snapshot.build(messages, max_messages=10)
     finally:
-        snapshot._encode_one = real  # type: ignore[assignment]
+        snapshot._encode_one = real
     return calls
 
 
@@ -216,7 +227,9 @@ def profile_snapshot(top: int, quick: bool) -> None:
         number = 3 if quick else 20
         best = min(
             timeit.repeat(
-                lambda m=messages: snapshot.build(m, max_messages=10), number=number, repeat=3
+                functools.partial(snapshot.build, messages, max_messages=10),
+                number=number,
+                repeat=3,
             )
         )
         per = best / number
@@ -241,7 +254,7 @@ def profile_snapshot(top: int, quick: bool) -> None:
     for _ in range(3 if quick else 20):
         snapshot.build(worst[2], max_messages=10)
     prof.disable()
-    total = pstats.Stats(prof).total_tt  # type: ignore[attr-defined]
+    total = sum(entry[2] for entry in _stats_table(prof).values())  # pstats' total_tt
     _common.table(
         f"Snapshot building, cProfile of the costliest ({worst[1]})",
         ["function", "calls", "own s", "own %", "cumulative s"],

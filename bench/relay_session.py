@@ -27,16 +27,15 @@ Aim: PATCHes == distinct changes less the idle reports revised within that settl
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import inspect
 import itertools
 import random
-import selectors
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import _common  # first: puts the repo root on sys.path
 import aiohttp
@@ -54,8 +53,10 @@ from sidecar.models import (
     ReplayStarted,
     StatusChange,
 )
-from sidecar.relay.policy import Relay, RelayPolicy, StatusReport
+from sidecar.relay.delivery import Relay
+from sidecar.relay.policy import RelayPolicy, StatusReport
 from sidecar.runtime.metrics import Metrics
+from tests.fakes.clock import run_on_virtual_clock
 from tests.fakes.coder import FakeCoder
 from tests.fakes.server import serve
 
@@ -134,54 +135,6 @@ def reference_states(events: list[tuple[float, Event]], screen_activity: bool) -
             changes += 1
             state = new
     return changes
-
-
-# --- the virtual clock ------------------------------------------------------------------
-
-
-class _VirtualSelector(selectors.BaseSelector):
-    """Real readiness first; when nothing is ready, jump the loop's clock to the next
-    timer instead of sleeping. Waiting forever with nothing scheduled is a deadlock."""
-
-    def __init__(self) -> None:
-        self._real = selectors.DefaultSelector()
-        self.advance: Callable[[float], None] = lambda _dt: None
-
-    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        return self._real.register(fileobj, events, data)
-
-    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
-        return self._real.unregister(fileobj)
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        ready = self._real.select(0)
-        if ready:
-            return ready
-        if timeout is None:
-            raise RuntimeError("virtual clock: nothing scheduled and nothing ready (deadlock)")
-        if timeout > 0:
-            self.advance(timeout)
-        return []
-
-    def get_map(self) -> Any:
-        return self._real.get_map()
-
-    def close(self) -> None:
-        self._real.close()
-
-
-class VirtualLoop(asyncio.SelectorEventLoop):
-    def __init__(self) -> None:
-        selector = _VirtualSelector()
-        super().__init__(selector)
-        self._virtual_now = 0.0
-        selector.advance = self._advance
-
-    def _advance(self, dt: float) -> None:
-        self._virtual_now += dt
-
-    def time(self) -> float:
-        return self._virtual_now
 
 
 class RecordingClient:
@@ -273,6 +226,12 @@ async def run_virtual(events: list[tuple[float, Event]], screen_activity: bool) 
     return out
 
 
+def on_virtual_clock(events: list[tuple[float, Event]], screen_activity: bool) -> Outcome_:
+    """run_virtual on a loop of its own (run in a thread: the caller's loop keeps real
+    time)."""
+    return run_on_virtual_clock(run_virtual(events, screen_activity))
+
+
 async def run_real(
     events: list[tuple[float, Event]], screen_activity: bool, compress: float
 ) -> Outcome_:
@@ -309,7 +268,24 @@ async def run_real(
 # --- analysis ---------------------------------------------------------------------------
 
 
-def analyse(out: Outcome_) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Analysis:
+    changes: int
+    patches: int
+    rejected: int
+    dupes: int
+    extras: int
+    superseded: int
+    undelivered: int
+    revised: int
+    state_patches: int
+    p50: float
+    max: float | None
+    max_stale: float | None
+    wall: float
+
+
+def analyse(out: Outcome_) -> Analysis:
     """Match PATCHes to changes in order (by report, not by time, so loopback latency
     cannot reorder them): a PATCH carries the first later change with its report; the
     changes it skipped were superseded before the rate limit let them out."""
@@ -341,24 +317,24 @@ def analyse(out: Outcome_) -> dict[str, Any]:
     state_patches = sum(
         1 for a, b in zip([None, *ok], ok, strict=False) if a is None or a[1].state != b[1].state
     )
-    return {
-        "changes": len(changes),
-        "patches": len(patches),
-        "rejected": len(patches) - len(ok),
-        "dupes": dupes,
-        "extras": extras,
-        "superseded": superseded,
-        "undelivered": undelivered,
-        "revised": revised,
-        "state_patches": state_patches,
-        "p50": _common.percentile(delays, 50),
-        "max": max(delays) if delays else None,
-        "max_stale": max(stale) if stale else None,
-        "wall": out.wall,
-    }
+    return Analysis(
+        changes=len(changes),
+        patches=len(patches),
+        rejected=len(patches) - len(ok),
+        dupes=dupes,
+        extras=extras,
+        superseded=superseded,
+        undelivered=undelivered,
+        revised=revised,
+        state_patches=state_patches,
+        p50=_common.percentile(delays, 50),
+        max=max(delays) if delays else None,
+        max_stale=max(stale) if stale else None,
+        wall=out.wall,
+    )
 
 
-async def main_async(args: Any) -> int:
+async def main_async(args: argparse.Namespace) -> int:
     compress = args.compress or (60.0 if args.quick else 20.0)
     events = script(args.seed)
     flips = sum(1 for _t, e in events if isinstance(e, StatusChange))
@@ -370,35 +346,33 @@ async def main_async(args: Any) -> int:
         f"script: {SESSION_S / 60:.0f} min, {turns} user turns, {flips} status flips, "
         f"{updates} agent message updates (seed {args.seed})"
     )
-    rows = []
+    rows: list[list[object]] = []
     for screen in (False, True):
         reference = reference_states(events, screen)
-        virtual_loop_result = await asyncio.to_thread(
-            lambda s=screen: VirtualLoop().run_until_complete(run_virtual(events, s))
-        )
+        virtual_loop_result = await asyncio.to_thread(on_virtual_clock, events, screen)
         real = await run_real(events, screen, compress)
         for label, out in (("virtual clock", virtual_loop_result), (f"real ÷{compress:g}", real)):
             a = analyse(out)
-            clean = not (a["dupes"] or a["extras"] or a["rejected"] or a["undelivered"])
+            clean = not (a.dupes or a.extras or a.rejected or a.undelivered)
             rows.append(
                 [
                     "screen activity" if screen else "default",
                     label,
-                    a["changes"],
-                    a["patches"],
-                    _common.ratio(a["patches"], a["changes"]),
-                    a["superseded"],
-                    a["dupes"] + a["extras"],
-                    a["rejected"],
-                    a["undelivered"],
-                    f"{a['state_patches']} / {reference}",
-                    _common.fmt(a["p50"], 3),
-                    _common.fmt(a["max"], 3),
-                    _common.fmt(a["max_stale"], 3),
-                    _common.fmt(a["wall"], 1),
-                    a["revised"],
-                    "yes" if a["patches"] == a["changes"] - a["revised"] else "no",
-                    _common.verdict(clean and a["state_patches"] == reference),
+                    a.changes,
+                    a.patches,
+                    _common.ratio(a.patches, a.changes),
+                    a.superseded,
+                    a.dupes + a.extras,
+                    a.rejected,
+                    a.undelivered,
+                    f"{a.state_patches} / {reference}",
+                    _common.fmt(a.p50, 3),
+                    _common.fmt(a.max, 3),
+                    _common.fmt(a.max_stale, 3),
+                    _common.fmt(a.wall, 1),
+                    a.revised,
+                    "yes" if a.patches == a.changes - a.revised else "no",
+                    _common.verdict(clean and a.state_patches == reference),
                 ]
             )
     _common.table(

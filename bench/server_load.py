@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import heapq
 import math
@@ -38,7 +39,8 @@ from sidecar.coder.token import TokenSource
 from sidecar.hub import Hub
 from sidecar.mirror import Mirror
 from sidecar.models import AgentStatus, Message, MessageUpdate, ReplayStarted, StatusChange
-from sidecar.relay.policy import Relay, RelayPolicy
+from sidecar.relay.delivery import Relay
+from sidecar.relay.policy import RelayPolicy
 from sidecar.runtime.metrics import Metrics
 from sidecar.uploader import Uploader
 from tests.e2e.harness import SidecarProcess, base_env
@@ -87,6 +89,7 @@ async def one_agent(idle_s: float, stream_s: float) -> dict[str, Any]:
             )
             proc = SidecarProcess(env)
             await proc.start()
+            assert proc.proc is not None
             _common.track(proc.proc)
             try:
                 # settle: the first snapshot and the first status are delivered
@@ -165,7 +168,7 @@ class Fleet:
     """Drives N workspaces from one scheduler task (a heap of due actions), so the
     driver's own cost stays small next to the sidecar classes it drives."""
 
-    def __init__(self, info: dict[str, Any], session: aiohttp.ClientSession, n: int) -> None:
+    def __init__(self, info: _fakes_proc.Info, session: aiohttp.ClientSession, n: int) -> None:
         self.metrics = Metrics()
         token = TokenSource(value=info["token"])
         client = CoderClient(session=session, base_url=info["coder"], token=token)
@@ -259,7 +262,7 @@ class Fleet:
 
 
 def staleness(
-    fleet: Fleet, records: list[tuple[Any, ...]], tasks: list[str]
+    fleet: Fleet, records: list[_fakes_proc.Record], tasks: list[str]
 ) -> tuple[list[float], int]:
     """Per change: first accepted POST for that task whose body holds that seq or a newer
     one, minus the change time. Returns (delays, changes never stored)."""
@@ -291,7 +294,7 @@ def staleness(
 
 
 async def fleet_run(n: int, seconds: float, drain: float) -> dict[str, Any]:
-    spec = {"kind": "coder", "tasks": n}
+    spec: _fakes_proc.Spec = {"kind": "coder", "tasks": n}
     async with _fakes_proc.Fakes(spec) as fakes:
         info = fakes.info
         connector = aiohttp.TCPConnector(limit=0)  # one keep-alive connection per workspace
@@ -328,7 +331,7 @@ async def fleet_run(n: int, seconds: float, drain: float) -> dict[str, Any]:
 # --- report -----------------------------------------------------------------------------
 
 
-async def main_async(args: Any) -> int:
+async def main_async(args: argparse.Namespace) -> int:
     idle_s = 5.0 if args.quick else 15.0
     stream_s = 10.0 if args.quick else 60.0
     n = args.workspaces or (100 if args.quick else 1000)

@@ -18,6 +18,7 @@ message of 40,000 '€') it measures, against the loopback fakes (tests/fakes):
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -65,7 +66,7 @@ class Case:
     final: list[tuple[str, str]]  # (role, content)
     # How the daemon run gets there: the settled conversation, then one change.
     settle: list[tuple[str, str]]
-    change: Callable[[FakeAgentapi], None]
+    change: Callable[[FakeAgentapi], object]  # what it returns is not used
 
 
 def cases() -> list[Case]:
@@ -185,7 +186,9 @@ def finish(run: Run, coder: FakeCoder, final: list[tuple[str, str]]) -> None:
             run.kept = kept_chars(messages[-1]["content"], final[-1][1])
 
 
-def env_for(home: Path, agentapi_url: str, coder_url: str, coder: FakeCoder, **extra: str):
+def env_for(
+    home: Path, agentapi_url: str, coder_url: str, coder: FakeCoder, **extra: str
+) -> dict[str, str]:
     return base_env(
         home,
         CODER_AGENT_URL=coder_url,
@@ -253,6 +256,7 @@ async def run_daemon(case: Case, home: Path, session: aiohttp.ClientSession) -> 
         )
         proc = SidecarProcess(env)
         await proc.start()
+        assert proc.proc is not None
         _common.track(proc.proc)
         try:
             await coder.wait_for(lambda: bool(coder.accepted_snapshot_posts()), STEP_TIMEOUT)
@@ -281,6 +285,7 @@ async def run_oneshot(case: Case, home: Path, session: aiohttp.ClientSession) ->
         proc = SidecarProcess(env, ["snapshot"])
         started = time.monotonic()
         await proc.start()
+        assert proc.proc is not None
         _common.track(proc.proc)
         try:
             await time_to_stored_and_exit(run, proc, coder, case.final, 0, started)
@@ -328,39 +333,58 @@ METHODS = {
 }
 
 
-def summarize(runs: list[Run]) -> dict[str, object]:
+@dataclass(frozen=True)
+class Summary:
+    """The runs of one case and method; the POST figures are the last run's."""
+
+    stored_ms: float | None  # median; None unless every run stored the newest
+    stored_min: float | None
+    stored_max: float | None
+    exit_ms: float
+    ok: int
+    n: int
+    post: int | None
+    readback: int | None
+    body_bytes: int | None
+    messages: int | None
+    kept: int | None
+    exit: list[int | None]
+    notes: list[str]
+
+
+def summarize(runs: list[Run]) -> Summary:
     stored = [r.to_stored_ms for r in runs if r.to_stored_ms is not None and r.accepted]
     exits = [r.to_exit_ms for r in runs if r.to_exit_ms is not None]
     last = runs[-1]
-    return {
-        "stored_ms": _common.median(stored) if len(stored) == len(runs) else None,
-        "stored_min": min(stored) if stored else None,
-        "stored_max": max(stored) if stored else None,
-        "exit_ms": _common.median(exits),
-        "ok": sum(r.accepted for r in runs),
-        "n": len(runs),
-        "post": last.post_status,
-        "readback": last.readback,
-        "bytes": last.body_bytes,
-        "messages": last.messages,
-        "kept": last.kept,
-        "exit": sorted({r.exit_code for r in runs}, key=str),
-        "notes": sorted({n for r in runs for n in r.notes}),
-    }
+    return Summary(
+        stored_ms=_common.median(stored) if len(stored) == len(runs) else None,
+        stored_min=min(stored) if stored else None,
+        stored_max=max(stored) if stored else None,
+        exit_ms=_common.median(exits),
+        ok=sum(r.accepted for r in runs),
+        n=len(runs),
+        post=last.post_status,
+        readback=last.readback,
+        body_bytes=last.body_bytes,
+        messages=last.messages,
+        kept=last.kept,
+        exit=sorted({r.exit_code for r in runs}, key=str),
+        notes=sorted({n for r in runs for n in r.notes}),
+    )
 
 
-async def main_async(args) -> int:
+async def main_async(args: argparse.Namespace) -> int:
     repeat = args.repeat or (1 if args.quick else 5)
     sidecar_command()  # a clear error when the console script is not installed
     if not SCRIPT.exists():
         raise SystemExit(f"missing {SCRIPT}")
-    results: dict[tuple[str, str], dict[str, object]] = {}
+    results: dict[tuple[str, str], Summary] = {}
     daemon_all: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-shutdown-") as tmp:
         async with aiohttp.ClientSession() as session:
             for case in cases():
                 for method, fn in METHODS.items():
-                    runs = []
+                    runs: list[Run] = []
                     for i in range(repeat):
                         home = Path(tmp) / f"{len(results)}-{i}"
                         home.mkdir()
@@ -370,29 +394,29 @@ async def main_async(args) -> int:
                     results[(case.name, method)] = summarize(runs)
                     _common.note(f"  done: {case.name} / {method}")
 
-    rows = []
+    rows: list[list[str]] = []
     for (case_name, method), r in results.items():
         base = results[(case_name, "baseline sh (start → stored)")]
         rows.append(
             [
                 case_name,
                 method,
-                _common.fmt(r["stored_ms"]),
-                f"{_common.fmt(r['stored_min'])}–{_common.fmt(r['stored_max'])}",
+                _common.fmt(r.stored_ms),
+                f"{_common.fmt(r.stored_min)}–{_common.fmt(r.stored_max)}",
                 (
-                    _common.ratio(r["stored_ms"], base["stored_ms"])  # type: ignore[arg-type]
-                    if base["stored_ms"] is not None
-                    else ("baseline failed" if r["stored_ms"] is not None else "—")
+                    _common.ratio(r.stored_ms, base.stored_ms)
+                    if base.stored_ms is not None
+                    else ("baseline failed" if r.stored_ms is not None else "—")
                 ),
-                _common.fmt(r["exit_ms"]),
-                _common.ratio(r["exit_ms"], base["exit_ms"]),  # type: ignore[arg-type]
-                f"{r['ok']}/{r['n']}",
-                f"{r['post'] or '—'} / "
-                + ("200 no snapshot" if r["readback"] == 0 else str(r["readback"] or "—")),
-                _common.fmt(r["bytes"], 0) if r["bytes"] else "—",
-                f"{r['messages'] or '—'} / {_common.fmt(r['kept'], 0) if r['kept'] else '—'}",
-                ",".join(str(c) for c in r["exit"]),  # type: ignore[attr-defined]
-                "; ".join(r["notes"]) or "",  # type: ignore[arg-type]
+                _common.fmt(r.exit_ms),
+                _common.ratio(r.exit_ms, base.exit_ms),
+                f"{r.ok}/{r.n}",
+                f"{r.post or '—'} / "
+                + ("200 no snapshot" if r.readback == 0 else str(r.readback or "—")),
+                _common.fmt(r.body_bytes, 0) if r.body_bytes else "—",
+                f"{r.messages or '—'} / {_common.fmt(r.kept, 0) if r.kept else '—'}",
+                ",".join(str(c) for c in r.exit),
+                "; ".join(r.notes),
             ]
         )
     _common.note(f"\n{_common.machine_line()}  ·  repeat {repeat} (median, min–max)")

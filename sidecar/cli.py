@@ -7,15 +7,18 @@ import asyncio
 import gc
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
+import structlog
+
 from sidecar import __version__
-from sidecar.config import ConfigError, Settings, load_settings
+from sidecar.config import ConfigError, Settings, load_settings, unknown_variables
 from sidecar.log import configure
 
 # The contract: 0 done, 1 a command failed, 2 the configuration is wrong.
 EXIT_CONFIG: Final = 2
+EXIT_INTERRUPTED: Final = 130  # the shell's convention for a process ended by SIGINT
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,27 +37,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(command: str) -> Settings:
-    settings = load_settings(os.environ)
-    if command == "snapshot" and settings.coder_task_id is None:
-        raise ConfigError("CODER_TASK_ID", "is required for the snapshot command")
-    return settings
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command: str = args.command or "run"
     try:
-        settings = _settings(command)
+        settings = load_settings(os.environ)
         configure(settings.sidecar_log_level.value, settings.sidecar_log_format)
+        _warn_unknown(os.environ)
         code = asyncio.run(_command(command, settings))
     except ConfigError as exc:
         print(f"coder-task-sidecar: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except KeyboardInterrupt:
+        # Ctrl-C before the command's own handlers were in place (or after they were
+        # gone): nothing was underway that a traceback would explain.
+        return EXIT_INTERRUPTED
     # The work is done: spare the interpreter's teardown a walk over every object the
     # imports made (~80 ms), which a service manager would count as stop time.
     gc.freeze()
     return code
+
+
+def _warn_unknown(env: Mapping[str, str]) -> None:
+    log = structlog.get_logger("sidecar.config")
+    for name, closest in unknown_variables(env):
+        log.warning("config.unknown_variable", variable=name, did_you_mean=closest)
 
 
 async def _command(command: str, settings: Settings) -> int:

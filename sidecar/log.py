@@ -11,6 +11,9 @@ import structlog
 
 LogFormat = Literal["auto", "console", "json"]
 REDACTED: Final = "[redacted]"
+# What takes a secret's place in anything sent to Coder (a conversation in which the agent
+# ran `env`, a status summary quoting it): the credential never leaves the workspace.
+SECRET_MARKER: Final = "[secret removed by coder-task-sidecar]"  # noqa: S105 (a marker)
 
 # Secrets are few (the token and its rotations) and must be scrubbed from any value that a
 # log line might carry, e.g. an exception text that quotes a header.
@@ -22,11 +25,17 @@ def register_secret(value: str) -> None:
         _secrets.add(value)
 
 
-def redact(text: str) -> str:
+def redact(text: str, marker: str = REDACTED) -> str:
+    """`text` with every registered secret replaced by `marker`."""
     for secret in _secrets:
         if secret in text:
-            text = text.replace(secret, REDACTED)
+            text = text.replace(secret, marker)
     return text
+
+
+def remove_secrets(text: str) -> str:
+    """`text` as it may leave the workspace."""
+    return redact(text, SECRET_MARKER)
 
 
 def _redact_processor(

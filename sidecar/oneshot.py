@@ -1,7 +1,15 @@
-"""`snapshot`: read the conversation once, post it once, exit — a shutdown hook."""
+"""`snapshot`: read the conversation once, post it once, exit — a shutdown hook.
+
+The conversation comes from agentapi, else its state file, else the spool. A stop signal
+(the hook's own time running out) ends the attempt early; what was read is spooled for
+the daemon's next start, never lost to a traceback.
+"""
 
 from __future__ import annotations
 
+import asyncio
+
+import aiohttp
 import structlog
 
 from sidecar.agentapi.client import AgentapiClient, AgentapiError
@@ -12,59 +20,88 @@ from sidecar.config import Settings
 from sidecar.mirror import Mirror
 from sidecar.models import Conversation
 from sidecar.runtime.metrics import InvalidCounter, Metrics
+from sidecar.runtime.signals import stop_signals
 from sidecar.spool import Spool
-from sidecar.uploader import Uploader
+from sidecar.uploader import FlushOutcome, Uploader
 
 log = structlog.get_logger(__name__)
 
 
 async def snapshot_once(settings: Settings) -> int:
-    """0 when the server holds the newest conversation (or there is none); 1 otherwise,
-    with the body kept in the spool for the daemon's next start."""
+    """0 when the server holds the newest conversation (or there is nothing to deliver);
+    1 otherwise, with the body kept in the spool for the daemon's next start."""
+    if settings.coder_task_id is None:
+        # The same template serves workspaces that are not tasks: nothing to do there.
+        log.info("oneshot.skipped", reason="CODER_TASK_ID is not set: this workspace is no task")
+        return 0
+    async with make_session(settings) as session:
+        uploader, mirror = _uploader(settings, session)
+        work = asyncio.create_task(_read_and_post(settings, session, uploader, mirror))
+
+        def interrupted(signame: str) -> None:
+            log.warning("oneshot.interrupted", signal=signame)
+            work.cancel()
+
+        with stop_signals(interrupted):
+            try:
+                outcome = await work
+            except asyncio.CancelledError:
+                if not work.cancelled():
+                    raise
+                # Cut short: whatever was read is kept in the spool.
+                outcome = uploader.conclude()
+    # Cut short before anything was read is no success either.
+    ok = outcome.delivered and not (work.cancelled() and outcome is FlushOutcome.NOTHING)
+    log.info("oneshot.done", snapshot=outcome.value, delivered=ok)
+    return 0 if ok else 1
+
+
+def _uploader(settings: Settings, session: aiohttp.ClientSession) -> tuple[Uploader, Mirror]:
     assert settings.coder_task_id is not None
-    metrics = Metrics()
     mirror = Mirror(settings.sidecar_snapshot_max_messages)
-    async with make_session() as session:
-        agentapi = AgentapiClient(session=session, base_url=settings.coder_mcp_ai_agentapi_url)
-        invalid = InvalidCounter(metrics.invalid)
-        try:
-            messages, bad = await agentapi.messages()
-            for item in bad:
-                invalid(item, origin="messages")
-            mirror.apply(Conversation(tuple(messages), None))
-            log.info("oneshot.read", origin="agentapi", messages=len(messages))
-        except AgentapiError as exc:
-            log.warning("oneshot.agentapi_unreachable", error=str(exc))
-            if settings.agentapi_state_file is not None:
-                read = StateFileSource(
-                    path=settings.agentapi_state_file, on_read=lambda _r: None, invalid=invalid
-                ).read()
-                if read is not None:
-                    mirror.apply(read.conversation)
-                    log.info(
-                        "oneshot.read",
-                        origin="statefile",
-                        messages=len(read.conversation.messages),
-                    )
-        spool = Spool(settings.state_dir, settings.coder_task_id)
-        uploader = Uploader(
-            client=CoderClient(
-                session=session,
-                base_url=settings.coder_agent_url,
-                token=make_token(settings),
-                timeout=settings.sidecar_http_timeout,
-            ),
-            task_id=settings.coder_task_id,
-            mirror=mirror,
-            metrics=metrics,
-            interval=settings.sidecar_snapshot_interval,
-            spool=spool,
-            recovered=spool.load(),
-            max_bytes=settings.sidecar_snapshot_max_bytes,
-        )
-        if uploader.current_body() is None:
-            log.info("oneshot.nothing_to_post")
-            return 0
-        outcome = await uploader.flush(settings.sidecar_shutdown_timeout)
-    log.info("oneshot.done", snapshot=outcome.value, delivered=outcome.delivered)
-    return 0 if outcome.delivered else 1
+    spool = Spool(settings.state_dir, settings.coder_task_id)
+    uploader = Uploader(
+        client=CoderClient(
+            session=session,
+            base_url=settings.coder_agent_url,
+            token=make_token(settings),
+            timeout=settings.sidecar_http_timeout,
+        ),
+        task_id=settings.coder_task_id,
+        mirror=mirror,
+        metrics=Metrics(),
+        interval=settings.sidecar_snapshot_interval,
+        spool=spool,
+        recovered=spool.load(),
+        max_bytes=settings.sidecar_snapshot_max_bytes,
+    )
+    return uploader, mirror
+
+
+async def _read_and_post(
+    settings: Settings, session: aiohttp.ClientSession, uploader: Uploader, mirror: Mirror
+) -> FlushOutcome:
+    invalid = InvalidCounter(Metrics().invalid)
+    agentapi = AgentapiClient(session=session, base_url=settings.coder_mcp_ai_agentapi_url)
+    try:
+        messages, bad = await agentapi.messages()
+        for item in bad:
+            invalid(item, origin="messages")
+        mirror.apply(Conversation(tuple(messages), None))
+        log.info("oneshot.read", origin="agentapi", messages=len(messages))
+    except AgentapiError as exc:
+        log.warning("oneshot.agentapi_unreachable", error=str(exc))
+        if settings.agentapi_state_file is not None:
+            source = StateFileSource(
+                path=settings.agentapi_state_file, on_read=lambda _r: None, invalid=invalid
+            )
+            read = await asyncio.to_thread(source.read)
+            if read is not None:
+                mirror.apply(read.conversation)
+                log.info(
+                    "oneshot.read", origin="statefile", messages=len(read.conversation.messages)
+                )
+    if uploader.current_body() is None:
+        log.info("oneshot.nothing_to_post")
+        return FlushOutcome.NOTHING
+    return await uploader.flush(settings.sidecar_shutdown_timeout)

@@ -12,7 +12,7 @@ once while it decides how many fit, instead of re-encoding the whole body per st
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from sidecar.models import SNAPSHOT_MAX_BYTES, Message
@@ -48,12 +48,17 @@ def encode(messages: Sequence[Message]) -> bytes:
 
 
 def build(
-    messages: Sequence[Message], *, max_messages: int, max_bytes: int = SNAPSHOT_MAX_BYTES
+    messages: Sequence[Message],
+    *,
+    max_messages: int,
+    max_bytes: int = SNAPSHOT_MAX_BYTES,
+    clean: Callable[[str], str] | None = None,
 ) -> bytes | None:
     """The body to post: the newest `max_messages` messages by id, ascending, dropping the
     oldest until it fits in `max_bytes`; a newest message too large on its own keeps the
     longest tail of its content that fits, behind `marker(cut)`. None when there is
-    nothing to post.
+    nothing to post. `clean` rewrites each content first (secrets out), so that no cut
+    can leave part of a secret behind.
 
     Raises ValueError when `max_messages < 1` or `max_bytes < MIN_MAX_BYTES`, or when a
     message's metadata alone cannot fit (impossible for messages that passed
@@ -66,6 +71,8 @@ def build(
     if not messages:
         return None
     newest = sorted(messages, key=lambda m: m.id)[-max_messages:]
+    if clean is not None:
+        newest = [m._replace(content=clean(m.content)) for m in newest]
 
     # Walk from the newest backwards, encoding only what could still fit.
     kept: list[bytes] = []

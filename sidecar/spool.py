@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Final, NamedTuple
 from uuid import UUID
 
 import structlog
@@ -21,6 +21,9 @@ import structlog
 from sidecar.models import Invalid, Message, validate_message
 
 log = structlog.get_logger(__name__)
+
+_TEMP_PREFIX: Final = ".spool-"
+_TEMP_SUFFIX: Final = ".tmp"
 
 
 class Spooled(NamedTuple):
@@ -68,7 +71,7 @@ class Spool:
         """Write atomically: temp file, fsync, rename, fsync the directory."""
         try:
             self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=".spool-", suffix=".tmp")
+            fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX)
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(body)
@@ -86,16 +89,49 @@ class Spool:
         log.info("spool.written", path=str(self._path), bytes=len(body))
         return True
 
-    def clear(self) -> None:
+    def writable_problem(self) -> str | None:
+        return writable_problem(self._dir)
+
+    def remove_stale_temps(self, older_than: float = 60.0) -> None:
+        """Remove temp files a write left behind when its process was killed mid-way
+        (younger ones may belong to a write in progress)."""
+        now = time.time()
+        with contextlib.suppress(OSError):
+            for tmp in self._dir.glob(f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}"):
+                with contextlib.suppress(OSError):
+                    if now - tmp.lstat().st_mtime > older_than:
+                        tmp.unlink()
+                        log.info("spool.temp_removed", path=str(tmp))
+
+    def clear(self, *, reason: str | None = None) -> bool:
+        """Remove the file: its body was delivered, or (with `reason`) it is dropped.
+        False when a file is still there."""
         try:
             self._path.unlink()
         except FileNotFoundError:
-            return
+            return True
         except OSError as exc:
             log.warning("spool.clear_failed", path=str(self._path), error=exc.strerror)
-            return
+            return False
         _fsync_dir(self._dir)
-        log.info("spool.cleared", path=str(self._path))
+        if reason is None:
+            log.info("spool.cleared", path=str(self._path))
+        else:
+            log.warning("spool.dropped", path=str(self._path), reason=reason)
+        return True
+
+
+def writable_problem(directory: Path) -> str | None:
+    """Why no body could be kept in `directory` (None when one could), found by creating
+    and removing a file there."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _parse(body: bytes) -> tuple[Message, ...] | str:

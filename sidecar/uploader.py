@@ -18,9 +18,10 @@ import structlog
 
 from sidecar import snapshot
 from sidecar.backoff import Deadline
-from sidecar.coder.client import Result
+from sidecar.coder.client import Outcome, Result
 from sidecar.coder.delivery import Decision, Delivery, SinkEvents, Step, wait_event
 from sidecar.coder.retry import RetryPolicy
+from sidecar.log import remove_secrets
 from sidecar.mirror import Mirror
 from sidecar.models import SNAPSHOT_MAX_BYTES
 from sidecar.runtime.metrics import Metrics
@@ -37,6 +38,7 @@ _EVENTS: Final = SinkEvents(
     prefix="snapshot",
     accepted="snapshot.posted",
     not_found="snapshot.task_not_found",
+    no_route=None,
     not_found_hint="the task does not exist in this workspace, or Coder is too old for log "
     "snapshots",
 )
@@ -51,6 +53,8 @@ class SnapshotClient(Protocol):
 
     async def reload_token(self) -> bool: ...
 
+    async def server_version(self) -> str | None: ...
+
 
 class FlushOutcome(enum.Enum):
     """What became of the newest conversation at a flush."""
@@ -60,11 +64,17 @@ class FlushOutcome(enum.Enum):
     REJECTED = "rejected"  # the server refused it (400): neither delivered nor kept
     SPOOLED = "spooled"  # undelivered, kept on disk for the next start
     LOST = "lost"  # undelivered, and the spool could not keep it
+    NO_TASKS_API = "no_tasks_api"  # the server has nowhere to keep it: nothing to deliver
 
     @property
     def delivered(self) -> bool:
-        """The server holds the newest conversation, or there is none."""
-        return self is FlushOutcome.DELIVERED or self is FlushOutcome.NOTHING
+        """The server holds the newest conversation, or there is nothing to deliver."""
+        return self in _NOTHING_LEFT
+
+
+_NOTHING_LEFT: Final = frozenset(
+    (FlushOutcome.DELIVERED, FlushOutcome.NOTHING, FlushOutcome.NO_TASKS_API)
+)
 
 
 class Uploader:
@@ -80,6 +90,7 @@ class Uploader:
         "_max_bytes",
         "_metrics",
         "_mirror",
+        "_no_tasks_api",
         "_pending_since",
         "_post_lock",
         "_recovered",
@@ -123,6 +134,7 @@ class Uploader:
         self._dirty = False
         self._urgent = False
         self._closing = False
+        self._no_tasks_api = False
         self._pending_since: float | None = None
         self._last_accepted: bytes | None = None
         self._rejected: bytes | None = None
@@ -156,8 +168,16 @@ class Uploader:
 
     @property
     def blocked_reason(self) -> str | None:
-        """'unauthorized' or 'not_found' while such a back-off holds, else None."""
-        return self._delivery.blocked_reason
+        """Why uploads are held back for long ('not_found', 'unauthorized', 'redirect'),
+        while that back-off holds; None otherwise (see `tasks_api_missing`)."""
+        reason = self._delivery.blocked_reason
+        return None if reason == Outcome.NO_ROUTE.value else reason
+
+    @property
+    def tasks_api_missing(self) -> bool:
+        """The server answered that it has no Tasks API: snapshots are off until a
+        later check finds one."""
+        return self._no_tasks_api
 
     def current_body(self) -> bytes | None:
         """The body that stands for the newest conversation known."""
@@ -169,7 +189,10 @@ class Uploader:
             return body if body is not None else self._recovered
         if version != self._mirror.version:
             body = snapshot.build(
-                messages, max_messages=self._mirror.max_messages, max_bytes=self._max_bytes
+                messages,
+                max_messages=self._mirror.max_messages,
+                max_bytes=self._max_bytes,
+                clean=remove_secrets,
             )
             self._body_cache = (self._mirror.version, body)
         return body
@@ -200,9 +223,8 @@ class Uploader:
         if body is None or skipped is not None:
             self._metrics.snapshot_skipped.labels(reason=skipped or "empty").inc()
             # A refused body stays pending: the newest conversation is not at the server.
-            if skipped != "refused" and self._pending_since is not None and not self._dirty:
-                self._pending_since = None
-                self._metrics.snapshot_pending_since.set(0)
+            if skipped != "refused" and not self._dirty:
+                self._clear_pending()
             return None
         timeout = None
         if deadline is not None:
@@ -220,6 +242,9 @@ class Uploader:
             self._accepted(body)
         elif decision.step is Step.REFUSED:
             self._rejected = body
+        elif result.outcome is Outcome.NO_ROUTE:
+            await self._tasks_api_gone()
+            self._mark_dirty()  # asked again, with the newest body, once the hour is over
         else:
             self._mark_dirty()
             if decision.keep:
@@ -235,17 +260,50 @@ class Uploader:
             return "refused"
         return None
 
+    async def _tasks_api_gone(self) -> None:
+        """Say once what is wrong and what still works; stop keeping bodies that this
+        server has nowhere to store."""
+        if self._no_tasks_api:
+            return
+        self._no_tasks_api = True
+        self._metrics.snapshot_tasks_api.set(0)
+        version = await self._client.server_version() or "(version unknown)"
+        log.error(
+            "snapshot.no_tasks_api",
+            coder_version=version,
+            message=f"Coder {version} has no Tasks API: log snapshots are off; statuses are "
+            "still relayed",
+            hint="log snapshots need Coder v2.30 to v2.35 (or the v2.34 ESR, or v2.36 with "
+            "its Tasks API turned on); the server is asked again about once an hour",
+        )
+        self._clear_pending()
+        self._recovered = None
+        if self._spooled is not None:
+            self._spooled = None
+            if self._spool is not None:
+                self._spool.clear(reason="no Tasks API on this server")
+
+    def _clear_pending(self) -> None:
+        if self._pending_since is not None:
+            self._pending_since = None
+            self._metrics.snapshot_pending_since.set(0)
+
     def _accepted(self, body: bytes) -> None:
+        if self._no_tasks_api:
+            self._no_tasks_api = False
+            self._metrics.snapshot_tasks_api.set(1)
+            log.info("snapshot.tasks_api_found")
         self._last_accepted = body
         self._metrics.snapshot_bytes.set(len(body))
         self._metrics.snapshot_last_success.set(self._wall_clock())
         if self._spooled is not None:
             self._spooled = None
-            if self._spool is not None:
-                self._spool.clear()
+            # A file that cannot be removed is overwritten with what the server now
+            # holds, so that no later start delivers older words over it.
+            if self._spool is not None and not self._spool.clear():
+                self._save_spool(body)
         if not self._dirty:
-            self._pending_since = None
-            self._metrics.snapshot_pending_since.set(0)
+            self._clear_pending()
 
     def _save_spool(self, body: bytes) -> bool:
         """Keep `body` on disk; True when the spool holds it."""
@@ -254,6 +312,11 @@ class Uploader:
         if body == self._spooled:
             return True
         if not self._spool.save(body):
+            if self._spooled is not None:
+                # What the file holds is older than the body that could not be kept: left
+                # there, the next start would deliver it over newer words.
+                self._spooled = None
+                self._spool.clear(reason="older than the conversation that could not be kept")
             return False
         self._spooled = body
         self._metrics.spool_writes.inc()
@@ -261,7 +324,8 @@ class Uploader:
 
     def _mark_dirty(self) -> None:
         self._dirty = True
-        if self._pending_since is None:
+        # With snapshots off there is nothing pending, only a change to try hourly.
+        if self._pending_since is None and not self._no_tasks_api:
             self._pending_since = self._wall_clock()
             self._metrics.snapshot_pending_since.set(self._pending_since)
 
@@ -299,6 +363,8 @@ class Uploader:
         body = self.current_body()
         if body is None:
             return FlushOutcome.NOTHING
+        if self._no_tasks_api:
+            return FlushOutcome.NO_TASKS_API
         if body == self._last_accepted:
             return FlushOutcome.DELIVERED
         if body == self._rejected:

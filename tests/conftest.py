@@ -9,40 +9,78 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeAlias
+from datetime import datetime
+from typing import ParamSpec, Protocol, TypeVar
+from uuid import UUID
 
 import pytest
+from aiohttp import web
 
 from tests.fakes.agentapi import FakeAgentapi
 from tests.fakes.coder import FakeCoder
 from tests.fakes.server import Served, serve
 
-AgentapiFactory: TypeAlias = Callable[..., Awaitable[Served[FakeAgentapi]]]
-CoderFactory: TypeAlias = Callable[..., Awaitable[Served[FakeCoder]]]
+
+class AgentapiFactory(Protocol):
+    """Starts a FakeAgentapi; the keywords are its constructor's."""
+
+    def __call__(
+        self,
+        *,
+        agent_type: str = ...,
+        transport: str = ...,
+        status: str = ...,
+        subscriber_buffer: int = ...,
+        now: Callable[[], datetime] = ...,
+    ) -> Awaitable[Served[FakeAgentapi]]: ...
+
+
+class CoderFactory(Protocol):
+    """Starts a FakeCoder; the keywords are its constructor's."""
+
+    def __call__(
+        self,
+        *,
+        token: str | None = ...,
+        task_id: UUID | None = ...,
+        app_slug: str = ...,
+        endpoint_missing: bool = ...,
+        version: str = ...,
+        now: Callable[[], datetime] = ...,
+    ) -> Awaitable[Served[FakeCoder]]: ...
+
+
+class _Fake(Protocol):
+    app: web.Application
+
+
+P = ParamSpec("P")
+F = TypeVar("F", bound=_Fake)
+
+
+def _starter(
+    stack: contextlib.AsyncExitStack, make: Callable[P, F]
+) -> Callable[P, Awaitable[Served[F]]]:
+    # Forwarding the constructor's own signature lets mypy check the factory protocols
+    # above against the fakes' constructors.
+    async def start(*args: P.args, **kwargs: P.kwargs) -> Served[F]:
+        fake = make(*args, **kwargs)
+        server = await stack.enter_async_context(serve(fake.app))
+        return Served(fake, server)
+
+    return start
 
 
 @pytest.fixture
 async def make_fake_agentapi() -> AsyncIterator[AgentapiFactory]:
     async with contextlib.AsyncExitStack() as stack:
-
-        async def factory(**kwargs: Any) -> Served[FakeAgentapi]:
-            fake = FakeAgentapi(**kwargs)
-            server = await stack.enter_async_context(serve(fake.app))
-            return Served(fake, server)
-
-        yield factory
+        yield _starter(stack, FakeAgentapi)
 
 
 @pytest.fixture
 async def make_fake_coder() -> AsyncIterator[CoderFactory]:
     async with contextlib.AsyncExitStack() as stack:
-
-        async def factory(**kwargs: Any) -> Served[FakeCoder]:
-            fake = FakeCoder(**kwargs)
-            server = await stack.enter_async_context(serve(fake.app))
-            return Served(fake, server)
-
-        yield factory
+        yield _starter(stack, FakeCoder)
 
 
 @pytest.fixture

@@ -76,20 +76,22 @@ class StateFileSource:
         except OSError as exc:
             log.warning("statefile.unreadable", path=str(self._path), error=exc.strerror)
             return None
-        with os.fdopen(fd, "rb") as handle:
-            try:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    self._log_not_regular()
-                    return None
-                self._not_regular_logged = False
-                stamp = (st.st_ino, st.st_mtime_ns)
-                if only_if_changed and stamp == self._last_stamp:
-                    return None
-                body = handle.read()
-            except OSError as exc:
-                log.warning("statefile.unreadable", path=str(self._path), error=exc.strerror)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                self._log_not_regular()
                 return None
+            self._not_regular_logged = False
+            stamp = (st.st_ino, st.st_mtime_ns)
+            if only_if_changed and stamp == self._last_stamp:
+                return None
+            with os.fdopen(os.dup(fd), "rb") as handle:
+                body = handle.read()
+        except OSError as exc:
+            log.warning("statefile.unreadable", path=str(self._path), error=exc.strerror)
+            return None
+        finally:
+            os.close(fd)
         parsed = parse_state_file(body)
         if isinstance(parsed, Invalid):
             log.warning(

@@ -12,7 +12,7 @@ import enum
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 from uuid import UUID
 
@@ -27,14 +27,17 @@ log = structlog.get_logger(__name__)
 
 TOKEN_HEADER: Final = "Coder-Session-Token"  # noqa: S105 (a header name)
 _DETAIL_MAX: Final = 300
+_VERSION_MAX: Final = 64
 
 
 class Outcome(enum.Enum):
     OK = "ok"
     RETRY = "retry"
     REJECTED = "rejected"
-    NOT_FOUND = "not_found"
+    NOT_FOUND = "not_found"  # the resource (the task) is unknown to this server
+    NO_ROUTE = "no_route"  # this server has no such endpoint at all (a Coder without Tasks)
     UNAUTHORIZED = "unauthorized"
+    REDIRECT = "redirect"  # Coder is not at CODER_AGENT_URL; never followed
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,36 +47,48 @@ class Result:
     detail: str
     retry_after: float | None
     latency_ms: float
+    location: str | None = None  # where a redirect pointed
+    body: bytes = field(default=b"", repr=False)  # the answer's body, for the few who read it
 
     @property
     def ok(self) -> bool:
         return self.outcome is Outcome.OK
 
 
-def classify(status: int | None) -> Outcome:
-    """The one retry classifier. None means no HTTP answer (refused, reset, timed out)."""
+# coderd's answer for a path it has no route for, as opposed to an unknown resource.
+ROUTE_NOT_FOUND: Final = "Route not found."
+
+
+def classify(status: int | None, message: str | None = None) -> Outcome:
+    """The one retry classifier. None means no HTTP answer (refused, reset, timed out);
+    `message` is the `message` field of Coder's error body, which tells a 404 for a
+    missing route from one for a missing resource."""
     if status is None or status in (408, 429) or status >= 500:
         return Outcome.RETRY
     if 200 <= status < 300:
         return Outcome.OK
+    if 300 <= status < 400:
+        return Outcome.REDIRECT
     if status in (401, 403):
         return Outcome.UNAUTHORIZED
     if status == 404:
-        return Outcome.NOT_FOUND
+        return Outcome.NO_ROUTE if message == ROUTE_NOT_FOUND else Outcome.NOT_FOUND
     return Outcome.REJECTED
 
 
-def _server_detail(body: bytes) -> str:
-    """Coder errors are {"message", "detail"}; fall back to the raw text."""
+def _error_fields(body: bytes) -> tuple[str | None, str]:
+    """Coder errors are {"message", "detail"}: the message alone, and both joined for a
+    log line (the raw text when the body is something else)."""
     try:
         obj = json.loads(body)
     except ValueError:
-        return body[:_DETAIL_MAX].decode("utf-8", "replace").strip()
+        obj = None
     if isinstance(obj, dict):
+        message = obj.get("message") if isinstance(obj.get("message"), str) else None
         parts = [str(obj[k]) for k in ("message", "detail") if obj.get(k)]
         if parts:
-            return ": ".join(parts)[:_DETAIL_MAX]
-    return body[:_DETAIL_MAX].decode("utf-8", "replace").strip()
+            return message, ": ".join(parts)[:_DETAIL_MAX]
+    return None, body[:_DETAIL_MAX].decode("utf-8", "replace").strip()
 
 
 class CoderClient:
@@ -121,6 +136,18 @@ class CoderClient:
         """A harmless authenticated GET, to tell a rejected token from a dead server."""
         return await self._request("GET", "/api/v2/workspaceagents/me/gitsshkey")
 
+    async def server_version(self) -> str | None:
+        """The server's version (`GET /api/v2/buildinfo`, which needs no token), or None
+        when it cannot be read."""
+        result = await self._request("GET", "/api/v2/buildinfo", authenticated=False)
+        if not result.ok:
+            return None
+        try:
+            version = json.loads(result.body).get("version")
+        except (ValueError, AttributeError):
+            return None
+        return version[:_VERSION_MAX] if isinstance(version, str) and version else None
+
     async def reload_token(self) -> bool:
         return await asyncio.to_thread(self._token.reload, force=True)
 
@@ -132,11 +159,14 @@ class CoderClient:
         params: dict[str, str] | None = None,
         body: bytes | None = None,
         timeout: float | None = None,
+        authenticated: bool = True,
     ) -> Result:
         client_timeout = self._timeout
         if timeout is not None and timeout < (client_timeout.total or float("inf")):
             client_timeout = aiohttp.ClientTimeout(total=max(timeout, 0.001))
-        headers = {TOKEN_HEADER: self._token.value(), "Accept": "application/json"}
+        headers = {"Accept": "application/json"}
+        if authenticated:
+            headers[TOKEN_HEADER] = self._token.value()
         if body is not None:
             headers["Content-Type"] = "application/json"
         started = time.monotonic()
@@ -153,6 +183,7 @@ class CoderClient:
                 payload = await resp.read()
                 status = resp.status
                 retry_after_header = resp.headers.get("Retry-After")
+                location = resp.headers.get("Location")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return Result(
                 outcome=Outcome.RETRY,
@@ -161,13 +192,16 @@ class CoderClient:
                 retry_after=None,
                 latency_ms=(time.monotonic() - started) * 1000,
             )
-        outcome = classify(status)
+        message, detail = _error_fields(payload) if not 200 <= status < 300 else (None, "")
+        outcome = classify(status, message)
         return Result(
             outcome=outcome,
             status=status,
-            detail="" if outcome is Outcome.OK else _server_detail(payload),
+            detail=detail,
             retry_after=parse_retry_after(retry_after_header, now=self._wall_clock()),
             latency_ms=(time.monotonic() - started) * 1000,
+            location=location if outcome is Outcome.REDIRECT else None,
+            body=payload,
         )
 
 

@@ -3,9 +3,11 @@
 Both sinks, log snapshots and app statuses, send one newest item at a time and act on
 each answer alike: accepted; retried after a back-off (or when `Retry-After` says);
 refused for good (a 400: wait for a different item); a 404 logged once and backed off
-for minutes; a 401/403 answered by re-reading the token file first, then retrying at once
-when it changed or backing off when it did not. `Delivery` holds that table, the one
-back-off deadline and the rate limit; a sink keeps only what it sends and when it wants to.
+for minutes; a missing route backed off for an hour; a 401/403 answered by re-reading the
+token file first, then retrying at once when it changed or backing off when it did not; a
+redirect (never followed: the token must not go where it points) logged once with where
+it points and backed off like a configuration problem. `Delivery` holds that table, the
+one back-off deadline and the rate limit; a sink keeps only what it sends and when.
 """
 
 from __future__ import annotations
@@ -39,14 +41,21 @@ class Credentials(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class SinkEvents:
-    """A sink's stable log event names, and what a person should check on a 404."""
+    """A sink's stable log event names, and what a person should check. `no_route` None:
+    the sink explains a missing route itself."""
 
     prefix: str
     accepted: str
     not_found: str
     not_found_hint: str
+    no_route: str | None
+    no_route_hint: str = ""
     unauthorized_hint: str = (
         "the agent token was rejected; it is re-read from CODER_AGENT_TOKEN_FILE when that is set"
+    )
+    redirect_hint: str = (
+        "Coder answered with a redirect, which is never followed (the agent token must not "
+        "go elsewhere): set CODER_AGENT_URL to the URL it points to"
     )
 
 
@@ -90,8 +99,8 @@ class Delivery:
         "_credentials",
         "_events",
         "_last_sent_at",
+        "_logged",
         "_not_before",
-        "_not_found_logged",
         "_reason",
         "retry",
     )
@@ -111,7 +120,9 @@ class Delivery:
         self._last_sent_at = _NEVER
         self._not_before = _NEVER
         self._reason: str | None = None
-        self._not_found_logged = False
+        # Outcomes logged once per run of failures: repeating them every back-off would
+        # only bury the first, which says what to do.
+        self._logged: set[Outcome] = set()
 
     # --- when the next attempt may go -----------------------------------------------------
 
@@ -122,8 +133,8 @@ class Delivery:
 
     @property
     def blocked_reason(self) -> str | None:
-        """Why attempts are held back for long ('not_found', 'unauthorized'), while that
-        back-off lasts; None otherwise."""
+        """Why attempts are held back for long ('not_found', 'no_route', 'unauthorized',
+        'redirect'), while that back-off lasts; None otherwise."""
         if self._reason is not None and self._clock() < self._not_before:
             return self._reason
         return None
@@ -157,31 +168,41 @@ class Delivery:
             attempt=self.retry.failures + 1,
         )
         events = self._events
-        if result.outcome is Outcome.OK:
+        outcome = result.outcome
+        if outcome is Outcome.OK:
             log.info(events.accepted, **fields)
             self.retry.succeeded()
             self._not_before = _NEVER
             self._reason = None
-            self._not_found_logged = False
+            self._logged.clear()
             return ACCEPTED
-        if result.outcome is Outcome.REJECTED:
+        if outcome is Outcome.REJECTED:
             log.error(f"{events.prefix}.rejected", detail=result.detail, **fields)
             self.retry.succeeded()
             return REFUSED
         # The token first: whether it changed decides the wait, and so what is logged.
-        changed = result.outcome is Outcome.UNAUTHORIZED and await self._reload_token()
+        changed = outcome is Outcome.UNAUTHORIZED and await self._reload_token()
         delay = self.retry.failed(result, token_changed=changed, stopping=stopping)
         fields.update(detail=result.detail, retry_in_s=round(delay, 2))
-        reason = None
-        if result.outcome is Outcome.RETRY:
+        first = outcome not in self._logged
+        self._logged.add(outcome)
+        if outcome is Outcome.RETRY:
             log.warning(f"{events.prefix}.retry", **fields)
-        elif result.outcome is Outcome.NOT_FOUND:
-            reason = "not_found"
-            if not self._not_found_logged:
-                self._not_found_logged = True
+        elif outcome is Outcome.NOT_FOUND:
+            if first:
                 log.error(events.not_found, hint=events.not_found_hint, **fields)
+        elif outcome is Outcome.NO_ROUTE:
+            if first and events.no_route is not None:
+                log.error(events.no_route, hint=events.no_route_hint, **fields)
+        elif outcome is Outcome.REDIRECT:
+            if first:
+                log.error(
+                    f"{events.prefix}.redirected",
+                    location=result.location,
+                    hint=events.redirect_hint,
+                    **fields,
+                )
         else:
-            reason = "unauthorized"
             log.error(
                 f"{events.prefix}.unauthorized",
                 token_changed=changed,
@@ -189,7 +210,7 @@ class Delivery:
                 **fields,
             )
         self._not_before = self._clock() + delay
-        self._reason = reason
+        self._reason = None if outcome is Outcome.RETRY else outcome.value
         return Decision(Step.RETRY, delay)
 
     async def _reload_token(self) -> bool:

@@ -6,9 +6,12 @@ log redactor first.
 
 from __future__ import annotations
 
+import os
+import re
 import stat
 import threading
 from pathlib import Path
+from typing import Final
 
 import structlog
 
@@ -21,13 +24,51 @@ class TokenError(Exception):
     """The token file cannot be used; the message names the problem, never the token."""
 
 
-def read_token_file(path: Path) -> str:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TokenError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    token = text.strip()
+# Coder's tokens are visible ASCII; anything else cannot go into an HTTP header as is.
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+# Far above any real token: a file this large is not one (or is /dev/zero).
+_MAX_TOKEN_FILE_BYTES: Final = 4096
+_OPEN_FLAGS: Final = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+def check_token(raw: str) -> str | None:
+    """The token with surrounding whitespace trimmed; None when nothing is left. Raises
+    ValueError (never quoting the token) when what is left cannot be one."""
+    token = raw.strip()
     if not token:
+        return None
+    if not _TOKEN.fullmatch(token):
+        raise ValueError(
+            "holds a space, control or non-ASCII character after trimming (two lines, or a "
+            "byte-order mark?)"
+        )
+    return token
+
+
+def read_token_file(path: Path) -> str:
+    # Non-blocking open and a regular-file check: a FIFO or a device would hang or never
+    # end the read.
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        raise TokenError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise TokenError(f"{path} is not a regular file")
+        data = os.read(fd, _MAX_TOKEN_FILE_BYTES + 1)
+    except OSError as exc:
+        raise TokenError(f"cannot read {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_TOKEN_FILE_BYTES:
+        raise TokenError(f"{path} is larger than {_MAX_TOKEN_FILE_BYTES} bytes: not a token")
+    try:
+        token = check_token(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise TokenError(f"{path} is not UTF-8 text") from None
+    except ValueError as exc:
+        raise TokenError(f"{path} {exc}") from None
+    if token is None:
         raise TokenError(f"{path} is empty")
     return token
 

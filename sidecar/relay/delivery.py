@@ -18,9 +18,11 @@ from sidecar.backoff import Deadline
 from sidecar.coder.client import Outcome, Result
 from sidecar.coder.delivery import Decision, Delivery, SinkEvents, Step, wait_event
 from sidecar.coder.retry import RetryPolicy
+from sidecar.log import remove_secrets
 from sidecar.models import AgentError, AppState, Event
 from sidecar.relay.policy import ErrorNews, RelayPolicy, StatusReport
 from sidecar.runtime.metrics import Metrics
+from sidecar.summary import fit_bytes
 
 __all__ = ["Relay", "StatusClient"]
 
@@ -31,6 +33,9 @@ _EVENTS: Final = SinkEvents(
     prefix="relay",
     accepted="relay.patched",
     not_found="relay.not_found",
+    no_route="relay.no_route",
+    no_route_hint="this Coder has no app-status endpoint, or something in front of it "
+    "hides it; checked again hourly",
     not_found_hint="Coder does not know the app-status endpoint (too old?) or a proxy is in "
     "the way",
 )
@@ -228,9 +233,11 @@ class Relay:
         """One PATCH of `report`, recorded; None when stop() cut it short."""
         self._delivery.sending()
         # A task of its own, so stop() can abandon it without cancelling run().
+        # A summary may quote the token (an agent that printed its environment).
+        message = fit_bytes(remove_secrets(report.message))
         task = asyncio.create_task(
             self._client.patch_app_status(
-                slug=self._slug, state=report.state, message=report.message, uri=report.uri
+                slug=self._slug, state=report.state, message=message, uri=report.uri
             )
         )
         self._inflight = task

@@ -28,7 +28,9 @@ from sidecar.mirror import Mirror
 from sidecar.relay.delivery import Relay
 from sidecar.relay.policy import RelayPolicy
 from sidecar.runtime.health import HealthServer, Readiness
+from sidecar.runtime.lock import DaemonLock, LockHeld
 from sidecar.runtime.metrics import InvalidCounter, Metrics
+from sidecar.runtime.signals import stop_signals
 from sidecar.runtime.systemd import Notifier
 from sidecar.runtime.watch import watch_file
 from sidecar.spool import Spool, Spooled
@@ -38,8 +40,6 @@ log = structlog.get_logger(__name__)
 
 _READY_AT_LATEST_S: Final = 5.0
 _CRASH_RESTART_S: Final = 1.0
-# SIGHUP: Coder's agent cancels a coder_script's whole process group with it.
-_STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 T = TypeVar("T")
 
@@ -95,20 +95,53 @@ class Daemon:
 
     async def run(self) -> int:
         """Serve until a stop signal, then stop in order. 0 when the final snapshot was
-        delivered or kept; 1 when it was lost, or a second signal cut the flush short.
-        Raises ConfigError when the health listener cannot bind."""
-        loop = asyncio.get_running_loop()
-        for sig in _STOP_SIGNALS:
-            loop.add_signal_handler(sig, self.request_stop, sig.name)
+        delivered or kept (or another daemon already serves this state directory); 1
+        when it was lost, or a second SIGINT cut the flush short. Raises ConfigError when
+        the health listener cannot bind."""
+        lock = DaemonLock(self.settings.state_dir)
+        with stop_signals(self.request_stop):
+            try:
+                return await self._run(lock)
+            finally:
+                lock.release()
+
+    async def _run(self, lock: DaemonLock) -> int:
+        if not self._lock(lock):
+            return 0
+        async with make_session(self.settings) as session:
+            parts = self._build(session)
+            await self._serve(parts)
+            await self.stop_requested.wait()
+            outcome = await self._shutdown(parts)
+        code = self._report(outcome)
+        lock.record(snapshot=outcome.value if outcome is not None else "off", exit=code)
+        return code
+
+    def _lock(self, lock: DaemonLock) -> bool:
+        """Take the state directory's lock; False when another daemon already serves it.
+        A directory that cannot hold the lock is reported, and the daemon runs without
+        it (and without a spool)."""
         try:
-            async with make_session() as session:
-                parts = self._build(session)
-                await self._serve(parts)
-                await self.stop_requested.wait()
-                outcome = await self._shutdown(parts)
-        finally:
-            for sig in _STOP_SIGNALS:
-                loop.remove_signal_handler(sig)
+            lock.acquire()
+        except LockHeld as held:
+            log.warning(
+                "daemon.already_running",
+                pid=held.pid,
+                lock=str(lock.path),
+                note="exiting; the running daemon serves this state directory",
+            )
+            return False
+        except OSError as exc:
+            log.error(
+                "state_dir.unusable",
+                path=str(lock.path.parent),
+                error=exc.strerror or str(exc),
+                hint="set SIDECAR_STATE_DIR to a writable directory: without it nothing "
+                "undelivered can be kept, and a second daemon is not kept out",
+            )
+        return True
+
+    def _report(self, outcome: FlushOutcome | None) -> int:
         forced = self._forced.is_set()
         log.info(
             "shutdown.complete",
@@ -178,6 +211,16 @@ class Daemon:
             log.warning("snapshot.disabled", reason="CODER_TASK_ID is not set")
             return None, None
         spool = Spool(s.state_dir, s.coder_task_id)
+        problem = spool.writable_problem()
+        if problem is not None:
+            log.error(
+                "spool.unwritable",
+                path=str(s.state_dir),
+                error=problem,
+                hint="set SIDECAR_STATE_DIR to a writable directory: a snapshot that cannot "
+                "be delivered at stop would be lost",
+            )
+        spool.remove_stale_temps()
         recovered = spool.load()
         if recovered is not None:
             log.info("spool.recovered", path=str(spool.path), bytes=len(recovered.body))
@@ -226,6 +269,8 @@ class Daemon:
                     reasons.append(f"snapshot undelivered for {uploader.pending_age():.0f}s")
                 if uploader.blocked_reason is not None:
                     reasons.append(f"snapshot uploads backing off: {uploader.blocked_reason}")
+                if uploader.tasks_api_missing:
+                    reasons.append("Coder has no Tasks API: log snapshots are off")
             return Readiness(ready=not reasons, reasons=tuple(reasons))
 
         return HealthServer(

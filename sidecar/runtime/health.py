@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,13 @@ _NO_STORE = {"Cache-Control": "no-store"}
 class Readiness:
     ready: bool
     reasons: tuple[str, ...]
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
 
 
 class HealthServer:
@@ -71,6 +79,14 @@ class HealthServer:
             raise
         self._runner = runner
         log.info("health.listening", host=self._host, port=self.port)
+        if _is_wildcard(self._host):
+            log.warning(
+                "health.exposed",
+                host=self._host,
+                port=self.port,
+                note="readiness and metrics are reachable from other hosts; bind 127.0.0.1 "
+                "unless a scraper outside the workspace needs them",
+            )
 
     async def stop(self) -> None:
         """Close the listener; safe to call twice or before start()."""

@@ -14,6 +14,7 @@ class Metrics:
     __slots__ = (
         "agentapi_connected",
         "events",
+        "frames_dropped",
         "invalid",
         "registry",
         "relay_patches",
@@ -23,6 +24,7 @@ class Metrics:
         "snapshot_pending_since",
         "snapshot_posts",
         "snapshot_skipped",
+        "snapshot_tasks_api",
         "spool_writes",
     )
 
@@ -31,6 +33,13 @@ class Metrics:
         r = self.registry
         self.events = Counter(
             "sidecar_agentapi_events", "agentapi events received, by type", ["type"], registry=r
+        )
+        self.frames_dropped = Counter(
+            "sidecar_agentapi_frames_dropped",
+            "agentapi /events frames dropped unread, by reason (too_large: over the "
+            "parser's cap; the stream is reconnected for a fresh replay)",
+            ["reason"],
+            registry=r,
         )
         self.invalid = Counter(
             "sidecar_invalid_input",
@@ -52,6 +61,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.snapshot_tasks_api = Gauge(
+            "sidecar_snapshot_tasks_api",
+            "0 once Coder answered that it has no Tasks API (log snapshots off), else 1",
+            registry=r,
+        )
+        self.snapshot_tasks_api.set(1)
         self.snapshot_bytes = Gauge(
             "sidecar_snapshot_bytes", "size of the last accepted snapshot body", registry=r
         )

@@ -1,13 +1,19 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import TypeAlias
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from typing import Protocol
 
 import pytest
 
 from tests.e2e.harness import SidecarProcess
 
-SidecarFactory: TypeAlias = Callable[..., Awaitable[SidecarProcess]]
+
+class SidecarFactory(Protocol):
+    """Starts `coder-task-sidecar <args>` with exactly `env` as its environment."""
+
+    def __call__(
+        self, env: Mapping[str, str], args: Sequence[str] = ...
+    ) -> Awaitable[SidecarProcess]: ...
 
 
 @pytest.fixture

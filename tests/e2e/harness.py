@@ -43,9 +43,9 @@ def sidecar_env(
         "CODER_TASK_ID": str(coder.fake.task_id),
         "CODER_MCP_AI_AGENTAPI_URL": agentapi_url,
         "SIDECAR_STATE_DIR": str(tmp_path / "state"),
-        "SIDECAR_SNAPSHOT_INTERVAL": "0.3",
+        "SIDECAR_SNAPSHOT_INTERVAL": "1",
         "SIDECAR_SHUTDOWN_TIMEOUT": "3",
-        "SIDECAR_AGENTAPI_PROBE_INTERVAL": "0.3",
+        "SIDECAR_AGENTAPI_PROBE_INTERVAL": "1",
     }
     settings.update(overrides)
     return base_env(tmp_path, **settings)
@@ -67,7 +67,9 @@ class SidecarProcess:
         self._changed = asyncio.Event()
         self._readers: list[asyncio.Task[None]] = []
 
-    async def start(self) -> SidecarProcess:
+    async def start(self, *, new_session: bool = False) -> SidecarProcess:
+        """Start the process; `new_session` puts it in a session (and process group) of
+        its own, as Coder's agent starts a coder_script."""
         self.proc = await asyncio.create_subprocess_exec(
             *sidecar_command(),
             *self.args,
@@ -75,6 +77,7 @@ class SidecarProcess:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            start_new_session=new_session,
         )
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None

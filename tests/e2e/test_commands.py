@@ -99,8 +99,14 @@ async def test_check_reports_ok(
     assert code == 0, out + err
     assert "[ok  ] agentapi: status stable, 2 messages" in out
     assert "[ok  ] coder token: accepted" in out
-    assert "[ok  ] log snapshots: endpoint reachable, task found" in out
-    assert "[ok  ] status relay: slug 'claude-code' accepted" in out
+    assert "[--  ] coder version: v2.35.4" in out
+    assert "[--  ] proxy for coder: none" in out
+    assert (
+        f"[ok  ] log snapshots: the Tasks API is there and knows task {fake_coder.fake.task_id}"
+        in out
+    )
+    assert "[ok  ] status relay: statuses are accepted for slug 'claude-code'" in out
+    assert f"[ok  ] state dir: {tmp_path / 'state'} is writable" in out
     assert "result: ok" in out
     assert fake_coder.fake.token not in out + err
     assert fake_coder.fake.stored_snapshot() is None  # the probe stored nothing
@@ -121,11 +127,12 @@ async def test_check_fails_clearly(
     code, out, _err = await run_to_exit(env, ["check"])
     assert code == 1
     assert "[FAIL] agentapi:" in out
-    assert "[FAIL] log snapshots: task not found" in out
+    assert f"[FAIL] log snapshots: Coder does not know task {env['CODER_TASK_ID']}" in out
+    assert "→ CODER_TASK_ID must be this workspace's task" in out
     assert "[--  ] status relay: not probed" in out
 
     env["CODER_AGENT_TOKEN"] = str(uuid.uuid4())
     code, out, _err = await run_to_exit(env, ["check"])
     assert code == 1
-    assert "[FAIL] coder token: rejected" in out
+    assert "[FAIL] coder token: the token was rejected" in out
     assert env["CODER_AGENT_TOKEN"] not in out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -51,7 +50,7 @@ async def test_snapshot_follows_the_conversation(
     agentapi.set_status("running")
     agentapi.add_message("agent", "Looking")
     agentapi.update_last("Looking at the failing tests now")
-    await coder.wait_for(lambda: (stored_contents(coder) or [""])[-1].endswith("now"), timeout=3)
+    await coder.wait_for(lambda: (stored_contents(coder) or [""])[-1].endswith("now"), timeout=10)
     ev = await proc.wait_log("snapshot.posted")
     assert ev["status"] == 204
     assert ev["bytes"] > 0
@@ -186,7 +185,7 @@ async def test_bad_configuration_exits_2_with_one_line(tmp_path: Path) -> None:
     from tests.e2e.harness import run_to_exit
 
     secret = "0d7f6a52-5b0e-4b3e-9a55-5d3c1c3f9e21"
-    cases: list[tuple[dict[str, Any], str]] = [
+    cases: list[tuple[dict[str, str], str]] = [
         ({}, "CODER_AGENT_URL"),
         ({"CODER_AGENT_URL": "http://c"}, "CODER_AGENT_TOKEN"),
         ({"CODER_AGENT_URL": "nope", "CODER_AGENT_TOKEN": secret}, "CODER_AGENT_URL"),

@@ -12,11 +12,15 @@
   message ≤ 160 bytes ("Message is too long."), known app slug; 200 with a JSON body.
   Every accepted PATCH is recorded: the server does not deduplicate.
 * `GET /api/v2/workspaceagents/me/gitsshkey` — a harmless authenticated call.
+* `GET /api/v2/buildinfo` — the server's version; no token needed.
+
+`endpoint_missing=True` plays a Coder without the Tasks API (v2.37 on, or v2.36 with its
+flag off): every snapshot POST with a valid token gets 404 "Route not found.".
 
 Errors are coderd's JSON `{"message": ..., "detail": ...}`. A fault script
-(`fail_next`, `hang_next`, `close_next`) is consumed in order by the next requests whose
-path contains the given text, before any validation (as a proxy in front of coderd
-would fail). Every request is recorded, and `wait_for` wakes on every request.
+(`fail_next`, `redirect_next`, `hang_next`, `close_next`) is consumed in order by the next
+requests whose path contains the given text, before any validation (as a proxy in front
+of coderd would fail). Every request is recorded, and `wait_for` wakes on every request.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ _RFC3339: Final = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.\d+)?(?:Z|[+-](\d{2}):(\d{2}))\Z"
 )
 
-FaultKind = Literal["fail", "hang", "close"]
+FaultKind = Literal["fail", "redirect", "hang", "close"]
 
 
 @dataclass(slots=True)
@@ -107,6 +111,7 @@ class _Fault:
     path_contains: str
     status: int = 0
     retry_after: str | None = None
+    location: str | None = None
 
 
 @dataclass(slots=True)
@@ -128,6 +133,7 @@ class FakeCoder:
         task_id: UUID | None = None,
         app_slug: str = "claude-code",
         endpoint_missing: bool = False,
+        version: str = "v2.35.4",
         now: Callable[[], datetime] = utc_now,
     ) -> None:
         self.token = token if token is not None else str(uuid.uuid4())
@@ -136,6 +142,7 @@ class FakeCoder:
         self.tasks: set[UUID] = {self.task_id}
         self.known_slugs: set[str] = {app_slug}
         self.endpoint_missing = endpoint_missing
+        self.version = version
         self.requests: list[RecordedRequest] = []
         self.snapshots: dict[UUID, StoredSnapshot] = {}
         self.app_statuses: list[AppStatus] = []
@@ -158,6 +165,17 @@ class FakeCoder:
         plus `Retry-After` when given: seconds or an HTTP date, sent verbatim)."""
         after = None if retry_after is None else _retry_after_text(retry_after)
         self._faults.append(_Fault("fail", times, path_contains, status, after))
+
+    def redirect_next(
+        self,
+        location: str,
+        status: int = 308,
+        times: int = 1,
+        path_contains: str = "log-snapshot",
+    ) -> None:
+        """Answer the next `times` matching requests with a redirect to `location`, as an
+        http → https redirect or a moved access URL in front of coderd would."""
+        self._faults.append(_Fault("redirect", times, path_contains, status, location=location))
 
     def hang_next(self, times: int = 1, path_contains: str = "log-snapshot") -> None:
         """Hold the next `times` matching requests without answering until the client
@@ -224,6 +242,7 @@ class FakeCoder:
         app.router.add_patch(prefix + "/app-status", self._patch_app_status)
         app.router.add_get(prefix + "/gitsshkey", self._get_gitsshkey)
         app.router.add_get("/api/v2/tasks/{user}/{task}/logs", self._get_logs)
+        app.router.add_get("/api/v2/buildinfo", self._get_buildinfo)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app
@@ -262,7 +281,7 @@ class FakeCoder:
                     response = await handler(request)
                 except web.HTTPException as exc:  # aiohttp's own 404/405 for unknown routes
                     response = _coder_error(exc.status, exc.reason)
-            if record.fault in (None, "fail"):
+            if record.fault in (None, "fail", "redirect"):
                 record.status = response.status
             return response
         finally:
@@ -283,6 +302,9 @@ class FakeCoder:
             if fault.retry_after is not None:
                 response.headers["Retry-After"] = fault.retry_after
             return response
+        if fault.kind == "redirect":
+            assert fault.location is not None
+            return web.Response(status=fault.status, headers={"Location": fault.location})
         if fault.kind == "hang":
             # Ends by cancellation when the client disconnects, or here on server stop.
             await self._stopping.wait()
@@ -393,6 +415,19 @@ class FakeCoder:
             AppStatus(fields["app_slug"], state, message, fields["uri"], time.monotonic())
         )
         return web.json_response({"message": "Workspace app status updated."})
+
+    async def _get_buildinfo(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "external_url": "https://github.com/coder/coder",
+                "version": self.version,
+                "dashboard_url": f"http://{request.host}",
+                "workspace_proxy": False,
+                "agent_api_version": "2.0",
+                "upgrade_message": "",
+                "deployment_id": str(uuid.uuid5(uuid.NAMESPACE_URL, "fake-coder")),
+            }
+        )
 
     async def _get_gitsshkey(self, request: web.Request) -> web.Response:
         denied = self._authorized(request)

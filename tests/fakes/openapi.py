@@ -19,11 +19,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-from jsonschema import (  # type: ignore[import-untyped]
-    Draft202012Validator,
-    FormatChecker,
-)
-from jsonschema.exceptions import ValidationError  # type: ignore[import-untyped]
+from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.exceptions import ValidationError
+from jsonschema.protocols import Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
@@ -108,14 +106,14 @@ def _registry() -> Registry[Any]:
     return registry
 
 
-def _validator_for(pointer: str) -> Draft202012Validator:
+def _validator_for(pointer: str) -> Validator:
     return Draft202012Validator(
         {"$ref": f"{_SPEC_URI}#{pointer}"}, registry=_registry(), format_checker=_FORMATS
     )
 
 
 @functools.cache
-def component_validator(name: str) -> Draft202012Validator:
+def component_validator(name: str) -> Validator:
     """A validator for `#/components/schemas/<name>`."""
     if name not in load_spec()["components"]["schemas"]:
         raise KeyError(f"no schema {name!r} in {SPEC_PATH}")
@@ -132,7 +130,7 @@ def _escape(segment: str) -> str:
 
 
 @functools.cache
-def response_validator(path: str, method: str, status: int) -> tuple[str, Draft202012Validator]:
+def response_validator(path: str, method: str, status: int) -> tuple[str, Validator]:
     """(content type, validator) the document declares for this response; a status it
     does not list falls back to `default` (huma's problem+json errors)."""
     responses = load_spec()["paths"][path][method.lower()]["responses"]
@@ -156,7 +154,7 @@ def validate_response(path: str, method: str, status: int, content_type: str, bo
 
 
 @functools.cache
-def _sse_validator() -> Draft202012Validator:
+def _sse_validator() -> Validator:
     # The document describes the stream as an array of event objects; one item is one event.
     return _validator_for(
         "/paths/~1events/get/responses/200/content/text~1event-stream/schema/items"

@@ -28,12 +28,20 @@ _SHUTDOWN_GRACE = 0.25
 class RunningServer:
     """A started aiohttp application bound to a loopback port."""
 
-    __slots__ = ("_app", "_host", "_port", "_runner")
+    __slots__ = ("_app", "_grace", "_host", "_port", "_runner")
 
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        host: str,
+        port: int,
+        *,
+        shutdown_grace: float = _SHUTDOWN_GRACE,
+    ) -> None:
         self._app = app
         self._host = host
         self._port = port
+        self._grace = shutdown_grace
         self._runner: web.AppRunner | None = None
 
     @property
@@ -67,7 +75,7 @@ class RunningServer:
         runner = web.AppRunner(
             self._app,
             handler_cancellation=True,
-            shutdown_timeout=_SHUTDOWN_GRACE,
+            shutdown_timeout=self._grace,
             access_log=None,
         )
         await runner.setup()
@@ -100,10 +108,15 @@ def _bound_port(runner: web.AppRunner, requested: int) -> int:
 
 @contextlib.asynccontextmanager
 async def serve(
-    app: web.Application, host: str = "127.0.0.1", port: int = 0
+    app: web.Application,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    shutdown_grace: float = _SHUTDOWN_GRACE,
 ) -> AsyncIterator[RunningServer]:
-    """Serve `app` on `host:port` (0 = a free port) until the block exits."""
-    server = RunningServer(app, host, port)
+    """Serve `app` on `host:port` (0 = a free port) until the block exits.
+    `shutdown_grace`: how long stop() lets a handler run on before cancelling it."""
+    server = RunningServer(app, host, port, shutdown_grace=shutdown_grace)
     await server.start()
     try:
         yield server

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import AgentapiFactory, CoderFactory
+from tests.e2e.conftest import start_sidecar  # noqa: F401 (shared with the e2e tests)
 from tests.faults.chaos import REPORT_KEY, ChaosReport
 from tests.faults.rig import Rig
 

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from sidecar.agentapi.client import AgentapiClient
 from sidecar.agentapi.source import AgentapiSource
@@ -72,6 +73,7 @@ class PipelineFactory(Protocol):
         token: str | None = None,
         token_file: Path | None = None,
         endpoint_missing: bool = False,
+        task_known: bool = True,
     ) -> Pipeline: ...
 
 
@@ -97,10 +99,13 @@ async def make_pipeline(
         token: str | None = None,
         token_file: Path | None = None,
         endpoint_missing: bool = False,
+        task_known: bool = True,
     ) -> Pipeline:
         agentapi = await make_fake_agentapi()
         agentapi.fake.events_available = events
-        coder = await make_fake_coder(endpoint_missing=endpoint_missing)
+        coder = await make_fake_coder(endpoint_missing=endpoint_missing, version="v2.37.2")
+        if not task_known:
+            coder.fake.tasks.clear()
         session = aiohttp.ClientSession()
         sessions.append(session)
         metrics = Metrics()
@@ -264,14 +269,39 @@ async def test_5xx_then_recovery(make_pipeline: PipelineFactory) -> None:
     assert statuses == [503, 503, 500, 204]
 
 
-async def test_404_backs_off_and_says_so(make_pipeline: PipelineFactory) -> None:
-    p = await make_pipeline(endpoint_missing=True)
-    p.agentapi.fake.add_message("user", "hello")
-    await p.coder.fake.wait_for(lambda: len(p.coder.fake.snapshot_posts()) == 1)
-    await until(lambda: p.uploader.blocked_reason == "not_found")
-    p.agentapi.fake.add_message("agent", "more")
-    await p.agentapi.fake.wait_for(lambda: p.mirror.version >= 2)
+async def test_unknown_task_backs_off_for_minutes_and_says_so(
+    make_pipeline: PipelineFactory,
+) -> None:
+    p = await make_pipeline(task_known=False)
+    with capture_logs() as logs:
+        p.agentapi.fake.add_message("user", "hello")
+        await p.coder.fake.wait_for(lambda: len(p.coder.fake.snapshot_posts()) == 1)
+        await until(lambda: p.uploader.blocked_reason == "not_found")
+        p.agentapi.fake.add_message("agent", "more")
+        await p.agentapi.fake.wait_for(lambda: p.mirror.version >= 2)
     assert len(p.coder.fake.snapshot_posts()) == 1
+    (said,) = [e for e in logs if e["event"] == "snapshot.task_not_found"]
+    assert said["retry_in_s"] >= 60
+    assert not p.uploader.tasks_api_missing
+
+
+async def test_a_coder_without_tasks_is_told_apart_and_named_by_its_version(
+    make_pipeline: PipelineFactory,
+) -> None:
+    p = await make_pipeline(endpoint_missing=True)
+    with capture_logs() as logs:
+        p.agentapi.fake.add_message("user", "hello")
+        await until(lambda: p.uploader.tasks_api_missing)
+        p.agentapi.fake.add_message("agent", "more")
+        await p.agentapi.fake.wait_for(lambda: p.mirror.version >= 2)
+    assert len(p.coder.fake.snapshot_posts()) == 1
+    (said,) = [e for e in logs if e["event"] == "snapshot.no_tasks_api"]
+    assert said["coder_version"] == "v2.37.2"
+    assert "statuses are still relayed" in said["message"]
+    assert not [e for e in logs if e["event"] == "snapshot.task_not_found"]
+    # The version came from buildinfo, asked without the token.
+    (info,) = [r for r in p.coder.fake.requests if r.path == "/api/v2/buildinfo"]
+    assert "Coder-Session-Token" not in info.headers
 
 
 async def test_400_is_not_resent(make_pipeline: PipelineFactory) -> None:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 
@@ -23,8 +22,8 @@ from sidecar.models import (
 T = "2024-05-01T12:00:00.123456789Z"
 
 
-def raw(**overrides: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"id": 1, "role": "agent", "message": "hi", "time": T}
+def raw(**overrides: object) -> dict[str, object]:
+    base: dict[str, object] = {"id": 1, "role": "agent", "message": "hi", "time": T}
     base.update(overrides)
     return {k: v for k, v in base.items() if v is not _MISSING}
 
@@ -265,8 +264,8 @@ def test_parse_messages_body_shape(body: str) -> None:
 # --- state file -----------------------------------------------------------------------
 
 
-def state_file(**overrides: Any) -> str:
-    base: dict[str, Any] = {
+def state_file(**overrides: object) -> str:
+    base: dict[str, object] = {
         "version": 1,
         "messages": [raw(id=0, role="user", message="do it"), raw(id=1, message="done")],
         "initial_prompt": "do it",

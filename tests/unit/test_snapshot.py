@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Sequence
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sidecar import snapshot
 from sidecar.models import SNAPSHOT_MAX_BYTES, Message, Role
 from sidecar.snapshot import MARKER_FORMAT, MIN_MAX_BYTES, build, encode, marker
 
@@ -245,15 +245,36 @@ def test_input_is_not_mutated_and_result_is_deterministic() -> None:
     assert messages == before
 
 
-def test_large_messages_are_fast() -> None:
-    # Guards against quadratic re-encoding; the real cost is a few milliseconds.
-    messages = [msg(i, ("x€\x01" * 34_000)[:100_000]) for i in range(10)]
-    giant = [msg(1, "y" * 20_000_000)]
-    start = time.perf_counter()
-    for _ in range(5):
+def test_large_messages_are_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Guards against quadratic re-encoding and against encoding what cannot fit: the
+    # bytes encoded per build depend on the size limit, not on the input's size. Counted,
+    # not timed, so that a slow machine cannot fail it.
+    real = snapshot._encode_one
+    encoded = 0
+
+    def counting(message: Message) -> bytes:
+        nonlocal encoded
+        body = real(message)
+        encoded += len(body)
+        return body
+
+    monkeypatch.setattr(snapshot, "_encode_one", counting)
+
+    def cost(messages: list[Message]) -> int:
+        nonlocal encoded
+        encoded = 0
         assert build(messages, max_messages=10) is not None
-        assert build(giant, max_messages=10) is not None
-    assert time.perf_counter() - start < 5.0
+        return encoded
+
+    def ten(size: int) -> list[Message]:
+        return [msg(i, ("x€\x01" * size)[:size]) for i in range(10)]
+
+    def giant(size: int) -> list[Message]:
+        return [msg(1, "y" * size)]
+
+    # Ten times the input: a linear cost would be ten times more, a bounded one the same.
+    assert cost(ten(1_000_000)) < 2 * cost(ten(100_000))
+    assert cost(giant(20_000_000)) < 2 * cost(giant(2_000_000))
 
 
 # --- build: properties ------------------------------------------------------------------

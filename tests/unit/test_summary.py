@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import time
+import os
+import sys
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import NamedTuple, TypeAlias
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import sidecar
 from sidecar.models import APP_STATUS_MESSAGE_MAX_BYTES
 from sidecar.summary import (
     ELLIPSIS,
@@ -24,6 +31,48 @@ LIMIT = APP_STATUS_MESSAGE_MAX_BYTES
 
 def nbytes(text: str) -> int:
     return len(text.encode())
+
+
+# How much work a summary takes, measured so that (unlike a duration) it comes out the
+# same on any machine: the lines of sidecar code run catch Python-level scans, the peak
+# of memory allocated catches whole-text copies (split, splitlines, slices) made in C.
+_SIDECAR = str(Path(sidecar.__file__).parent) + os.sep
+_Tracer: TypeAlias = Callable[[FrameType, str, object], "_Tracer | None"]
+
+
+class Work(NamedTuple):
+    steps: int  # lines of sidecar code run
+    peak: int  # the most bytes it held allocated at once
+
+
+def work(summarize: Callable[[str], str], text: str) -> tuple[str, Work]:
+    """`summarize(text)`, and the work it took."""
+    steps = 0
+
+    def count(frame: FrameType, event: str, arg: object) -> _Tracer:
+        nonlocal steps
+        if event == "line":
+            steps += 1
+        return count
+
+    def enter(frame: FrameType, event: str, arg: object) -> _Tracer | None:
+        return count if frame.f_code.co_filename.startswith(_SIDECAR) else None
+
+    tracing = tracemalloc.is_tracing()  # e.g. python -X tracemalloc: left running
+    if not tracing:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    before, _ = tracemalloc.get_traced_memory()
+    previous = sys.gettrace()
+    sys.settrace(enter)
+    try:
+        result = summarize(text)
+    finally:
+        sys.settrace(previous)
+        _, peak = tracemalloc.get_traced_memory()
+        if not tracing:
+            tracemalloc.stop()
+    return result, Work(steps, peak - before)
 
 
 @pytest.mark.parametrize(
@@ -148,10 +197,14 @@ def test_summarize_text_joins_wrapped_lines() -> None:
 
 
 def test_summarize_text_stops_reading_once_full() -> None:
-    text = "word " * 50 + "\n" + "\x1b[31mmore\n" * 200_000
-    started = time.perf_counter()
-    result = summarize_text(text)
-    assert time.perf_counter() - started < 0.5
+    def text(more_lines: int) -> str:
+        return "word " * 50 + "\n" + "\x1b[31mmore\n" * more_lines
+
+    result, cost = work(summarize_text, text(200_000))
+    # Ten times fewer lines after the point where the summary is full: the same work,
+    # and never a copy of the text.
+    assert cost.steps == work(summarize_text, text(20_000))[1].steps
+    assert cost.peak < len(text(200_000)) // 20
     assert result.startswith("word word")
     assert result.endswith(ELLIPSIS)
     assert nbytes(result) <= LIMIT
@@ -232,9 +285,14 @@ def test_summaries_are_short_and_plain(text: str) -> None:
     ],
 )
 def test_very_long_lines_are_cut_quickly(text: str) -> None:
-    started = time.perf_counter()
-    first, last = summarize_first_line(text), summarize_last_line(text)
-    assert time.perf_counter() - started < 0.5
+    first, first_cost = work(summarize_first_line, text)
+    last, last_cost = work(summarize_last_line, text)
+    for cost in (first_cost, last_cost):
+        # Far below a step per line (up to 2,000,000 here) or per thousand characters:
+        # such input is skipped by the regex engine. And no copy of a line or of the
+        # text: a line is cleaned only up to a bounded prefix.
+        assert cost.steps < len(text) // 1000
+        assert cost.peak < len(text) // 20
     for summary in (first, last):
         assert nbytes(summary) <= LIMIT
     if text.startswith("x"):
@@ -247,8 +305,15 @@ def test_very_long_lines_are_cut_quickly(text: str) -> None:
 
 
 def test_last_line_of_a_long_reply_reads_only_the_tail() -> None:
-    reply = "\n".join(f"line {i}" for i in range(200_000)) + "\n\n> \n"
-    started = time.perf_counter()
-    assert summarize_last_line(reply) == "line 199999"
-    assert summarize_first_line(reply) == "line 0"
-    assert time.perf_counter() - started < 0.05
+    def reply(lines: int) -> str:
+        return "\n".join(f"line {i}" for i in range(lines)) + "\n\n> \n"
+
+    last, last_cost = work(summarize_last_line, reply(200_000))
+    first, first_cost = work(summarize_first_line, reply(200_000))
+    assert last == "line 199999"
+    assert first == "line 0"
+    # A reply ten times shorter costs as many steps: only its end (or start) is read,
+    # and nothing the size of the reply is built (as splitting it into lines would).
+    assert work(summarize_last_line, reply(20_000))[1].steps == last_cost.steps
+    assert work(summarize_first_line, reply(20_000))[1].steps == first_cost.steps
+    assert max(last_cost.peak, first_cost.peak) < len(reply(200_000)) // 20

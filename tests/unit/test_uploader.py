@@ -40,7 +40,10 @@ DEADLINE = 5.0
 
 
 def result(status: int | None, retry_after: float | None = None, detail: str = "") -> Result:
-    return Result(classify(status), status, detail, retry_after, 1.0)
+    return Result(classify(status, detail), status, detail, retry_after, 1.0)
+
+
+NO_ROUTE = result(404, detail="Route not found.")
 
 
 class RecordingClient:
@@ -50,6 +53,9 @@ class RecordingClient:
         self.reloads = 0
         self.reload_changes = False
         self.posted = asyncio.Condition()
+        self.version_asked = 0
+        self.gate = asyncio.Event()  # cleared: answers wait until it is set again
+        self.gate.set()
         self.hang = False  # requests never get an answer
         self.hanging = asyncio.Event()
 
@@ -64,11 +70,16 @@ class RecordingClient:
         async with self.posted:
             self.bodies.append(body)
             self.posted.notify_all()
+        await self.gate.wait()
         return res
 
     async def reload_token(self) -> bool:
         self.reloads += 1
         return self.reload_changes
+
+    async def server_version(self) -> str | None:
+        self.version_asked += 1
+        return "v2.37.2"
 
     async def wait_posts(self, n: int, timeout: float = DEADLINE) -> None:
         async with asyncio.timeout(timeout), self.posted:
@@ -218,9 +229,11 @@ async def test_rejected_body_is_not_resent_until_it_changes(make_rig: RigFactory
 async def test_5xx_is_retried_with_the_newest_body(make_rig: RigFactory) -> None:
     rig = make_rig(interval=0.05)
     rig.client.script = [result(503, retry_after=0.2), result(None)]
+    rig.client.gate.clear()
     rig.put(0, "v1")
     await rig.client.wait_posts(1)
-    rig.put(0, "v2")  # arrives during the Retry-After wait
+    rig.put(0, "v2")  # arrives while the first attempt is under way
+    rig.client.gate.set()
     await rig.client.wait_posts(3)
     assert rig.client.contents(1) == ["v2"]
     assert rig.client.contents(2) == ["v2"]
@@ -394,6 +407,7 @@ def test_outcomes_say_whether_the_server_holds_the_conversation() -> None:
     assert {o for o in FlushOutcome if o.delivered} == {
         FlushOutcome.DELIVERED,
         FlushOutcome.NOTHING,
+        FlushOutcome.NO_TASKS_API,
     }
 
 
@@ -413,3 +427,73 @@ async def test_a_conversation_emptied_by_a_restart_keeps_the_last_one(
     assert rig.client.contents() == ["before the restart"]
     assert await rig.uploader.flush(1.0) is FlushOutcome.DELIVERED
     assert len(rig.client.bodies) == 2
+
+
+async def test_a_coder_without_tasks_turns_snapshots_off_and_says_so_once(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path, TASK)
+    assert spool.save(body_of("kept for a server that has no room for it"))
+    rig = make_rig(interval=0.05, spool=spool, recovered=spool.load())
+    rig.client.script = [NO_ROUTE, NO_ROUTE]
+    with capture_logs() as logs:
+        await rig.client.wait_posts(1)
+        await rig.until(lambda: rig.uploader.tasks_api_missing)
+        rig.put(0, "more")
+        rig.put(1, "and more", urgent=True)
+        for _ in range(50):  # the loop looks at the changes; no post may follow
+            await asyncio.sleep(0)
+    assert len(rig.client.bodies) == 1
+    (said,) = [e for e in logs if e["event"] == "snapshot.no_tasks_api"]
+    assert said["log_level"] == "error"
+    assert said["message"] == (
+        "Coder v2.37.2 has no Tasks API: log snapshots are off; statuses are still relayed"
+    )
+    assert [e["reason"] for e in logs if e["event"] == "spool.dropped"] == [
+        "no Tasks API on this server"
+    ]
+    assert not spool.path.exists()
+    assert rig.metric("sidecar_snapshot_tasks_api") == 0
+    # Nothing counts as stuck: snapshots are off, not failing.
+    assert rig.metric("sidecar_snapshot_pending_since_timestamp_seconds") == 0
+    assert rig.uploader.blocked_reason is None
+    # The stop has nothing to deliver and keeps nothing.
+    assert await rig.uploader.flush(5.0) is FlushOutcome.NO_TASKS_API
+    assert not spool.path.exists()
+    assert rig.client.version_asked == 1
+
+
+async def test_flush_against_a_coder_without_tasks_asks_once_and_keeps_nothing(
+    make_rig: RigFactory,
+) -> None:
+    rig = make_rig(interval=60.0, start=False)
+    rig.client.script = [NO_ROUTE] * 10
+    rig.put(0, "hello")
+    assert await rig.uploader.flush(10.0) is FlushOutcome.NO_TASKS_API
+    assert len(rig.client.bodies) == 1
+    assert not rig.spool_path.exists()
+
+
+async def test_a_server_that_gains_the_tasks_api_is_used_again(make_rig: RigFactory) -> None:
+    rig = make_rig(
+        interval=0.05,
+        retry=RetryPolicy(
+            transient=Backoff(base=0.01, cap=0.05),
+            no_route=Backoff(base=0.1, cap=0.1),
+            no_route_floor=0.0,
+        ),
+    )
+    rig.client.script = [NO_ROUTE]
+    with capture_logs() as logs:
+        rig.put(0, "hello")
+        await rig.until(lambda: rig.uploader.tasks_api_missing)
+        # The server is upgraded; the next check (hourly, here at once) finds the route.
+        await rig.client.wait_posts(2)
+        await rig.until(lambda: not rig.uploader.tasks_api_missing)
+    assert rig.client.contents() == ["hello"]
+    assert rig.metric("sidecar_snapshot_tasks_api") == 1
+    assert [e["event"] for e in logs if e["event"].startswith("snapshot.")] == [
+        "snapshot.no_tasks_api",
+        "snapshot.posted",
+        "snapshot.tasks_api_found",
+    ]

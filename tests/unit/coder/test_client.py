@@ -10,9 +10,10 @@ from uuid import UUID
 import aiohttp
 import pytest
 from aioresponses import CallbackResult, aioresponses
+from aioresponses.core import RequestCall
 from yarl import URL
 
-from sidecar.coder.client import CoderClient, Outcome
+from sidecar.coder.client import CoderClient, Outcome, classify
 from sidecar.coder.token import TokenSource
 from sidecar.models import AppState
 
@@ -27,6 +28,11 @@ STATUS_URL = f"{BASE}/api/v2/workspaceagents/me/app-status"
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
         yield s
+
+
+def requests(mocked: aioresponses) -> dict[tuple[str, URL], list[RequestCall]]:
+    assert mocked.requests is not None
+    return mocked.requests
 
 
 def coder(session: aiohttp.ClientSession, now: float = 1_000_000.0) -> CoderClient:
@@ -44,7 +50,7 @@ async def test_snapshot_request_on_the_wire(session: aiohttp.ClientSession) -> N
     with aioresponses() as m:
         m.post(SNAPSHOT_URL, status=204)
         result = await coder(session).post_log_snapshot(TASK, body)
-        (((method, url), calls),) = m.requests.items()
+        (((method, url), calls),) = requests(m).items()
     assert (method, url) == ("POST", URL(SNAPSHOT_URL))
     kwargs = calls[0].kwargs
     assert kwargs["data"] == body
@@ -62,7 +68,7 @@ async def test_app_status_body(session: aiohttp.ClientSession) -> None:
         result = await coder(session).patch_app_status(
             slug="claude-code", state=AppState.IDLE, message="✓ done", uri=""
         )
-        call = next(iter(m.requests.values()))[0]
+        call = next(iter(requests(m).values()))[0]
     assert json.loads(call.kwargs["data"]) == {
         "app_slug": "claude-code",
         "state": "idle",
@@ -95,6 +101,52 @@ async def test_error_statuses_carry_the_server_message(
     assert result.outcome is outcome
     assert result.status == status
     assert result.detail == "Nope.: why"
+
+
+@pytest.mark.parametrize(
+    ("message", "outcome"),
+    [
+        ("Route not found.", Outcome.NO_ROUTE),
+        ("Resource not found or you do not have access to this resource", Outcome.NOT_FOUND),
+        ("route not found", Outcome.NOT_FOUND),  # only coderd's exact words mean no route
+    ],
+)
+async def test_a_missing_route_is_told_from_a_missing_task_by_the_body(
+    session: aiohttp.ClientSession, message: str, outcome: Outcome
+) -> None:
+    with aioresponses() as m:
+        m.post(SNAPSHOT_URL, status=404, payload={"message": message})
+        result = await coder(session).post_log_snapshot(TASK, b"{}")
+    assert result.outcome is outcome
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_a_redirect_is_reported_with_its_location_and_not_followed(
+    session: aiohttp.ClientSession, status: int
+) -> None:
+    with aioresponses() as m:
+        m.post(SNAPSHOT_URL, status=status, headers={"Location": "https://elsewhere.example/"})
+        result = await coder(session).post_log_snapshot(TASK, b"{}")
+        (calls,) = requests(m).values()
+    assert result.outcome is Outcome.REDIRECT
+    assert result.location == "https://elsewhere.example/"
+    assert len(calls) == 1
+    assert calls[0].kwargs["allow_redirects"] is False
+
+
+async def test_server_version_is_read_without_the_token(session: aiohttp.ClientSession) -> None:
+    with aioresponses() as m:
+        m.get(f"{BASE}/api/v2/buildinfo", payload={"version": "v2.37.2", "external_url": "x"})
+        m.get(f"{BASE}/api/v2/buildinfo", status=404, payload={"message": "Route not found."})
+        m.get(f"{BASE}/api/v2/buildinfo", body=b"not json")
+        m.get(f"{BASE}/api/v2/buildinfo", payload=["not", "an", "object"])
+        client = coder(session)
+        assert await client.server_version() == "v2.37.2"
+        assert await client.server_version() is None
+        assert await client.server_version() is None
+        assert await client.server_version() is None
+        (calls,) = requests(m).values()
+    assert all("Coder-Session-Token" not in call.kwargs["headers"] for call in calls)
 
 
 async def test_non_json_error_body(session: aiohttp.ClientSession) -> None:
@@ -161,5 +213,35 @@ async def test_rotated_token_is_sent(session: aiohttp.ClientSession, tmp_path: o
     with aioresponses() as m:
         m.post(SNAPSHOT_URL, status=204)
         await client.post_log_snapshot(TASK, b"{}")
-        call = next(iter(m.requests.values()))[0]
+        call = next(iter(requests(m).values()))[0]
     assert call.kwargs["headers"]["Coder-Session-Token"] == new
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "outcome"),
+    [
+        (None, None, Outcome.RETRY),
+        (200, None, Outcome.OK),
+        (204, None, Outcome.OK),
+        (299, None, Outcome.OK),
+        (300, None, Outcome.REDIRECT),
+        (308, None, Outcome.REDIRECT),
+        (399, None, Outcome.REDIRECT),
+        (400, None, Outcome.REJECTED),
+        (401, None, Outcome.UNAUTHORIZED),
+        (403, None, Outcome.UNAUTHORIZED),
+        (404, None, Outcome.NOT_FOUND),
+        (404, "Route not found.", Outcome.NO_ROUTE),
+        (400, "Route not found.", Outcome.REJECTED),
+        (408, None, Outcome.RETRY),
+        (409, None, Outcome.REJECTED),
+        (413, None, Outcome.REJECTED),
+        (429, None, Outcome.RETRY),
+        (499, None, Outcome.REJECTED),
+        (500, None, Outcome.RETRY),
+        (503, None, Outcome.RETRY),
+        (599, None, Outcome.RETRY),
+    ],
+)
+def test_classify(status: int | None, message: str | None, outcome: Outcome) -> None:
+    assert classify(status, message) is outcome

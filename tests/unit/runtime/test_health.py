@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
 import aiohttp
 import pytest
@@ -16,7 +17,13 @@ from sidecar.runtime.metrics import Metrics
 READY = Readiness(True, ())
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 
-Start = Callable[..., Awaitable[tuple[HealthServer, str]]]
+
+class Start(Protocol):
+    """Starts a HealthServer on a free loopback port: (server, base URL)."""
+
+    def __call__(
+        self, readiness: Callable[[], Readiness] = ..., metrics: Metrics | None = ...
+    ) -> Awaitable[tuple[HealthServer, str]]: ...
 
 
 @pytest.fixture
@@ -241,14 +248,14 @@ def test_parse_http_addr_accepts(value: str, expected: tuple[str, int]) -> None:
         ("[::1:9464", "missing ']'"),
         ("[::1]", "missing ':port'"),
         ("[::1]9464", "missing ':port'"),
-        ("[not-v6]:9464", "'not-v6' is not an IPv6 address"),
+        ("[not-v6]:9464", "is not an IPv6 address"),
         ("[127.0.0.1]:9464", "is not an IPv6 address"),
-        ("127.0.0.1:", "port must be a number from 0 to 65535, got ''"),
-        ("127.0.0.1:65536", "got '65536'"),
-        ("127.0.0.1:http", "got 'http'"),
-        ("127.0.0.1:+80", "got '+80'"),
-        ("127.0.0.1:٩٤", "got '٩٤'"),
-        ("bad host:80", "'bad host' is not a valid host name"),
+        ("127.0.0.1:", "port must be a number from 0 to 65535"),
+        ("127.0.0.1:65536", "port must be a number from 0 to 65535"),
+        ("127.0.0.1:http", "port must be a number from 0 to 65535"),
+        ("127.0.0.1:+80", "port must be a number from 0 to 65535"),
+        ("127.0.0.1:٩٤", "port must be a number from 0 to 65535"),
+        ("bad host:80", "is not a valid host name"),
         ("http://127.0.0.1:80", "is a URL or path, not an address"),
         ("127.0.0.1:9464/metrics", "is a URL or path, not an address"),
     ],
@@ -257,6 +264,6 @@ def test_parse_http_addr_rejects_with_a_clear_message(value: str, message: str) 
     with pytest.raises(ValueError, match=re.escape(message)) as excinfo:
         parse_http_addr(value)
 
-    text = str(excinfo.value)
+    # Configuration errors say what is wrong without quoting what was set.
     if value.strip():
-        assert repr(value) in text, "the message names the offending value"
+        assert repr(value) not in str(excinfo.value)

@@ -9,13 +9,14 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 from sidecar.runtime.systemd import Notifier
+from tests.fakes.clock import run_on_virtual_clock
 
 RECV_DEADLINE = 5.0
 # sockaddr_un.sun_path is 108 bytes including the terminator.
@@ -136,8 +137,16 @@ def test_utf8_status_round_trips(fs_socket: tuple[str, socket.socket]) -> None:
     assert recv_fields(sock) == {"STATUS": "agent → idle ✓"}
 
 
+async def _virtual_seconds(main: Awaitable[None]) -> float:
+    """The virtual time `main` took (run it on tests.fakes.clock's loop)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await main
+    return loop.time() - started
+
+
 @pytest.mark.parametrize("socket_path", [None, ""])
-async def test_disabled_notifier_is_a_noop(socket_path: str | None) -> None:
+def test_disabled_notifier_is_a_noop(socket_path: str | None) -> None:
     notifier = Notifier(socket_path, watchdog_usec=200_000)
 
     assert not notifier.enabled
@@ -147,8 +156,10 @@ async def test_disabled_notifier_is_a_noop(socket_path: str | None) -> None:
     assert notifier.extend_timeout(1) is False
     assert notifier.watchdog() is False
     assert notifier.watchdog_interval() is None
-    # No socket, nothing to ping: the loop returns at once rather than idling.
-    await asyncio.wait_for(notifier.watchdog_loop(asyncio.Event()), timeout=1)
+    # No socket, nothing to ping: the loop returns at once rather than idling (an idle
+    # wait for the never-set event would make the virtual clock report a deadlock).
+    idle = _virtual_seconds(notifier.watchdog_loop(asyncio.Event()))
+    assert run_on_virtual_clock(idle) == 0.0
 
 
 def test_unsupported_socket_form_is_disabled() -> None:
@@ -221,52 +232,58 @@ def test_watchdog_interval_is_half_of_watchdog_usec(
     assert Notifier("@unused", watchdog_usec=usec).watchdog_interval() == expected
 
 
-async def test_watchdog_loop_pings_at_half_watchdog_usec(
+def test_watchdog_loop_pings_at_half_watchdog_usec(
     abstract_socket: tuple[str, socket.socket],
 ) -> None:
     name, sock = abstract_socket
     sock.setblocking(False)
-    loop = asyncio.get_running_loop()
     notifier = Notifier(name, watchdog_usec=200_000)  # pings every 0.1 s
-    stop = asyncio.Event()
     pings = 6
 
-    started = loop.time()
-    task = asyncio.create_task(notifier.watchdog_loop(stop))
-    try:
-        async with asyncio.timeout(RECV_DEADLINE):
-            for _ in range(pings):
-                assert parse(await loop.sock_recv(sock, 65536)) == {"WATCHDOG": "1"}
-        elapsed = loop.time() - started
-    finally:
-        stop.set()
-    await asyncio.wait_for(task, timeout=RECV_DEADLINE)
+    async def ping_times() -> list[float]:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        times: list[float] = []
+        task = asyncio.create_task(notifier.watchdog_loop(stop))
+        try:
+            async with asyncio.timeout(RECV_DEADLINE):
+                for _ in range(pings):
+                    assert parse(await loop.sock_recv(sock, 65536)) == {"WATCHDOG": "1"}
+                    times.append(loop.time())
+        finally:
+            stop.set()
+        await asyncio.wait_for(task, timeout=RECV_DEADLINE)
+        assert task.exception() is None
+        return times
 
-    # The first ping is immediate, then one per 0.1 s: 6 pings need at least 0.5 s.
-    # At the full WATCHDOG_USEC they would need 1.0 s; 0.9 s leaves room for a slow host.
-    assert elapsed >= 0.5 - 0.01
-    assert elapsed < 0.9
-    assert task.done()
-    assert task.exception() is None
+    # On the virtual clock each ping is seen at the time the loop sent it, on any
+    # machine: the first at once, then one per 0.1 s, half of WATCHDOG_USEC (at the full
+    # WATCHDOG_USEC they would come every 0.2 s).
+    expected = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+    assert run_on_virtual_clock(ping_times()) == pytest.approx(expected)
 
 
-async def test_watchdog_loop_stops_promptly_when_event_is_set(
+def test_watchdog_loop_stops_promptly_when_event_is_set(
     fs_socket: tuple[str, socket.socket],
 ) -> None:
     path, sock = fs_socket
     sock.setblocking(False)
-    loop = asyncio.get_running_loop()
     notifier = Notifier(path, watchdog_usec=60_000_000)  # 30 s between pings
-    stop = asyncio.Event()
 
-    task = asyncio.create_task(notifier.watchdog_loop(stop))
-    assert parse(await asyncio.wait_for(loop.sock_recv(sock, 65536), RECV_DEADLINE)) == {
-        "WATCHDOG": "1"
-    }
-    stop.set()
-    # Far sooner than the 30 s interval: the loop waits on the event, not a sleep.
-    await asyncio.wait_for(task, timeout=1.0)
-    assert task.exception() is None
+    async def seconds_to_stop() -> float:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        task = asyncio.create_task(notifier.watchdog_loop(stop))
+        assert parse(await asyncio.wait_for(loop.sock_recv(sock, 65536), RECV_DEADLINE)) == {
+            "WATCHDOG": "1"
+        }
+        stop.set()
+        seconds = await _virtual_seconds(task)
+        assert task.exception() is None
+        return seconds
+
+    # None of the 30 s interval passes: the loop waits on the event, not a sleep.
+    assert run_on_virtual_clock(seconds_to_stop()) == 0.0
     assert_queue_empty(sock)
 
 

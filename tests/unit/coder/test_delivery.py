@@ -1,0 +1,329 @@
+"""The outcome table both sinks share, driven on a fake clock with scripted results."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import MutableMapping
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from sidecar.backoff import Backoff, Deadline
+from sidecar.coder.client import Outcome, Result
+from sidecar.coder.delivery import Decision, Delivery, SinkEvents, Step
+from sidecar.coder.retry import (
+    NO_ROUTE_FLOOR_S,
+    NOT_FOUND_FLOOR_S,
+    UNAUTHORIZED_FLOOR_S,
+    RetryPolicy,
+)
+
+EVENTS = SinkEvents(
+    prefix="thing",
+    accepted="thing.sent",
+    not_found="thing.not_found",
+    not_found_hint="check the thing",
+    no_route="thing.no_route",
+    no_route_hint="no such thing here",
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Credentials:
+    def __init__(self, changes: bool = False, fails: bool = False) -> None:
+        self.changes = changes
+        self.fails = fails
+        self.reloads = 0
+
+    async def reload_token(self) -> bool:
+        self.reloads += 1
+        if self.fails:
+            raise OSError("token file vanished")
+        return self.changes
+
+
+def res(
+    outcome: Outcome,
+    status: int | None = None,
+    *,
+    retry_after: float | None = None,
+    location: str | None = None,
+) -> Result:
+    return Result(outcome, status, f"detail {status}", retry_after, 2.0, location)
+
+
+def make(
+    credentials: Credentials | None = None, clock: Clock | None = None
+) -> tuple[Delivery, Clock, Credentials]:
+    clock = clock or Clock()
+    credentials = credentials or Credentials()
+    rng = random.Random(3)
+    retry = RetryPolicy(
+        transient=Backoff(base=1.0, cap=4.0, rng=rng),
+        not_found=Backoff(base=60.0, cap=540.0, rng=rng),
+        auth=Backoff(base=5.0, cap=300.0, rng=rng),
+        no_route=Backoff(base=600.0, cap=600.0, rng=rng),
+    )
+    return (
+        Delivery(events=EVENTS, credentials=credentials, retry=retry, clock=clock),
+        clock,
+        credentials,
+    )
+
+
+def named(logs: list[MutableMapping[str, Any]], event: str) -> list[MutableMapping[str, Any]]:
+    return [e for e in logs if e["event"] == event]
+
+
+async def test_accepted_is_logged_with_the_sinks_fields() -> None:
+    delivery, _, _ = make()
+    with capture_logs() as logs:
+        decision = await delivery.record(res(Outcome.OK, 204), bytes=10)
+    assert decision == Decision(Step.ACCEPTED)
+    assert named(logs, "thing.sent") == [
+        {
+            "event": "thing.sent",
+            "log_level": "info",
+            "bytes": 10,
+            "status": 204,
+            "latency_ms": 2.0,
+            "attempt": 1,
+        }
+    ]
+
+
+async def test_refused_is_final_and_resets_the_failure_run() -> None:
+    delivery, _, _ = make()
+    await delivery.record(res(Outcome.RETRY, 503))
+    with capture_logs() as logs:
+        decision = await delivery.record(res(Outcome.REJECTED, 400))
+    assert decision == Decision(Step.REFUSED)
+    assert not decision.keep
+    (logged,) = named(logs, "thing.rejected")
+    assert logged["attempt"] == 2
+    assert delivery.retry.failures == 0
+
+
+async def test_transient_failure_retries_within_seconds_and_keeps_the_item() -> None:
+    delivery, clock, _ = make()
+    sent = delivery.sending()
+    assert sent == 1
+    with capture_logs() as logs:
+        decision = await delivery.record(res(Outcome.RETRY, 503))
+    assert decision.step is Step.RETRY
+    assert 0 < decision.delay <= 1.0
+    assert decision.keep
+    assert delivery.ready_at() == pytest.approx(clock.now + decision.delay)
+    (logged,) = named(logs, "thing.retry")
+    assert logged["retry_in_s"] == round(decision.delay, 2)
+    # A transient failure holds nothing back for long.
+    assert delivery.blocked_reason is None
+    assert delivery.sending() == 2
+
+
+async def test_retry_after_is_honoured() -> None:
+    delivery, clock, _ = make()
+    decision = await delivery.record(res(Outcome.RETRY, 429, retry_after=42.0))
+    assert decision.delay == 42.0
+    assert delivery.ready_at() == clock.now + 42.0
+
+
+async def test_not_found_is_logged_once_per_failure_run_and_backs_off_for_minutes() -> None:
+    delivery, clock, _ = make()
+    with capture_logs() as logs:
+        first = await delivery.record(res(Outcome.NOT_FOUND, 404))
+        second = await delivery.record(res(Outcome.NOT_FOUND, 404))
+    assert first.delay >= NOT_FOUND_FLOOR_S
+    assert second.delay >= NOT_FOUND_FLOOR_S
+    (logged,) = named(logs, "thing.not_found")
+    assert logged["hint"] == "check the thing"
+    assert delivery.blocked_reason == "not_found"
+    clock.now += second.delay
+    assert delivery.blocked_reason is None
+    # After a success, the next 404 is news again.
+    await delivery.record(res(Outcome.OK, 204))
+    with capture_logs() as logs:
+        await delivery.record(res(Outcome.NOT_FOUND, 404))
+    assert len(named(logs, "thing.not_found")) == 1
+
+
+async def test_missing_route_backs_off_for_about_an_hour() -> None:
+    delivery, _, _ = make()
+    with capture_logs() as logs:
+        decision = await delivery.record(res(Outcome.NO_ROUTE, 404))
+        await delivery.record(res(Outcome.NO_ROUTE, 404))
+    assert NO_ROUTE_FLOOR_S <= decision.delay <= NO_ROUTE_FLOOR_S + 600
+    assert len(named(logs, "thing.no_route")) == 1
+    assert delivery.blocked_reason == "no_route"
+
+
+async def test_a_sink_that_explains_a_missing_route_itself_gets_no_line() -> None:
+    delivery = Delivery(
+        events=SinkEvents(
+            prefix="x", accepted="x.ok", not_found="x.nf", not_found_hint="", no_route=None
+        ),
+        credentials=Credentials(),
+    )
+    with capture_logs() as logs:
+        await delivery.record(res(Outcome.NO_ROUTE, 404))
+    assert logs == []
+
+
+async def test_redirect_is_logged_once_with_where_it_points() -> None:
+    delivery, _, _ = make()
+    with capture_logs() as logs:
+        first = await delivery.record(res(Outcome.REDIRECT, 308, location="https://c.example/"))
+        await delivery.record(res(Outcome.REDIRECT, 308, location="https://c.example/"))
+    (logged,) = named(logs, "thing.redirected")
+    assert logged["location"] == "https://c.example/"
+    assert "CODER_AGENT_URL" in logged["hint"]
+    assert first.keep
+    assert first.delay >= UNAUTHORIZED_FLOOR_S
+    assert delivery.blocked_reason == "redirect"
+
+
+async def test_unauthorized_reads_the_token_first_and_retries_at_once_when_it_changed() -> None:
+    delivery, clock, credentials = make(Credentials(changes=True))
+    with capture_logs() as logs:
+        decision = await delivery.record(res(Outcome.UNAUTHORIZED, 401))
+    assert credentials.reloads == 1
+    assert decision == Decision(Step.RETRY, 0.0)
+    assert not decision.keep
+    (logged,) = named(logs, "thing.unauthorized")
+    assert logged["token_changed"] is True
+    assert logged["retry_in_s"] == 0
+    assert delivery.ready_at() == clock.now
+
+
+async def test_unauthorized_with_the_same_token_backs_off() -> None:
+    delivery, _, credentials = make()
+    with capture_logs() as logs:
+        decision = await delivery.record(res(Outcome.UNAUTHORIZED, 403))
+    assert credentials.reloads == 1
+    assert decision.delay >= UNAUTHORIZED_FLOOR_S
+    assert decision.keep
+    assert named(logs, "thing.unauthorized")[0]["token_changed"] is False
+    assert delivery.blocked_reason == "unauthorized"
+
+
+async def test_a_token_reload_that_raises_counts_as_unchanged() -> None:
+    delivery, _, _ = make(Credentials(fails=True))
+    with capture_logs() as logs:
+        decision = await delivery.record(res(Outcome.UNAUTHORIZED, 401))
+    assert decision.delay >= UNAUTHORIZED_FLOOR_S
+    assert named(logs, "token.reload_failed")
+
+
+async def test_credentials_changed_lifts_only_a_401_backoff() -> None:
+    delivery, clock, _ = make()
+    await delivery.record(res(Outcome.NOT_FOUND, 404))
+    assert delivery.credentials_changed() is False
+    assert delivery.ready_at() > clock.now
+    await delivery.record(res(Outcome.UNAUTHORIZED, 401))
+    assert delivery.credentials_changed() is True
+    assert delivery.ready_at() <= clock.now
+
+
+async def test_ready_at_keeps_the_gap_after_the_last_attempt() -> None:
+    delivery, clock, _ = make()
+    assert delivery.ready_at(1.0) == float("-inf")
+    delivery.sending()
+    assert delivery.ready_at(1.0) == clock.now + 1.0
+    await delivery.record(res(Outcome.RETRY, 503, retry_after=30.0))
+    assert delivery.ready_at(1.0) == clock.now + 30.0
+    delivery.lift_backoff()
+    assert delivery.ready_at(1.0) == clock.now + 1.0
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status"),
+    [(Outcome.RETRY, 503), (Outcome.NOT_FOUND, 404), (Outcome.UNAUTHORIZED, 401)],
+)
+async def test_at_stop_what_seconds_may_heal_retries_on_the_short_schedule(
+    outcome: Outcome, status: int
+) -> None:
+    delivery, _, _ = make()
+    decision = await delivery.record(res(outcome, status), stopping=True)
+    assert decision.delay <= 1.0
+
+
+@pytest.mark.parametrize(("outcome", "status"), [(Outcome.NO_ROUTE, 404), (Outcome.REDIRECT, 307)])
+async def test_at_stop_what_seconds_cannot_heal_keeps_its_long_wait(
+    outcome: Outcome, status: int
+) -> None:
+    delivery, _, _ = make()
+    decision = await delivery.record(res(outcome, status), stopping=True)
+    assert decision.delay >= UNAUTHORIZED_FLOOR_S
+
+
+# --- settle: the stop path, on real time with short waits ------------------------------
+
+
+async def test_settle_returns_the_final_step() -> None:
+    delivery = Delivery(events=EVENTS, credentials=Credentials())
+    results = [res(Outcome.RETRY, 503, retry_after=0.0), res(Outcome.OK, 204)]
+
+    async def attempt() -> Decision:
+        delivery.sending()
+        return await delivery.record(results.pop(0), stopping=True)
+
+    assert await delivery.settle(attempt, Deadline(5.0)) is Step.ACCEPTED
+    assert results == []
+
+
+async def test_settle_with_nothing_to_send_returns_none() -> None:
+    delivery = Delivery(events=EVENTS, credentials=Credentials())
+
+    async def attempt() -> Decision | None:
+        return None
+
+    assert await delivery.settle(attempt, Deadline(5.0)) is None
+
+
+async def test_settle_gives_up_before_a_wait_that_would_pass_the_deadline() -> None:
+    delivery = Delivery(events=EVENTS, credentials=Credentials())
+    attempts = 0
+
+    async def attempt() -> Decision:
+        nonlocal attempts
+        attempts += 1
+        delivery.sending()
+        return await delivery.record(res(Outcome.RETRY, 503, retry_after=60.0), stopping=True)
+
+    assert await delivery.settle(attempt, Deadline(5.0)) is Step.RETRY
+    assert attempts == 1
+
+
+async def test_settle_cuts_an_attempt_at_the_deadline() -> None:
+    delivery = Delivery(events=EVENTS, credentials=Credentials())
+
+    async def attempt() -> Decision:
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+    async with asyncio.timeout(5.0):
+        assert await delivery.settle(attempt, Deadline(0.05)) is Step.RETRY
+
+
+async def test_settle_keeps_the_gap_between_attempts() -> None:
+    delivery = Delivery(events=EVENTS, credentials=Credentials())
+    started: list[float] = []
+    loop = asyncio.get_running_loop()
+    results = [res(Outcome.RETRY, 503, retry_after=0.0), res(Outcome.OK, 204)]
+
+    async def attempt() -> Decision:
+        started.append(loop.time())
+        delivery.sending()
+        return await delivery.record(results.pop(0), stopping=True)
+
+    assert await delivery.settle(attempt, Deadline(5.0), gap=0.2) is Step.ACCEPTED
+    assert started[1] - started[0] >= 0.2
