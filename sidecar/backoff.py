@@ -42,10 +42,6 @@ class Backoff:
         self._cap = cap
         self._rng = rng if rng is not None else random.Random()
 
-    @property
-    def cap(self) -> float:
-        return self._cap
-
     def ceiling(self, attempt: int) -> float:
         """The upper bound of delay(attempt)."""
         if attempt < 0:

@@ -14,9 +14,9 @@ import aiohttp
 from sidecar.agentapi.client import AgentapiClient, AgentapiError
 from sidecar.coder.client import CoderClient, Outcome, Result
 from sidecar.coder.session import describe_proxy, make_session, make_token
-from sidecar.config import Settings
 from sidecar.models import AgentStatus, AppState
 from sidecar.runtime.lock import running_daemon
+from sidecar.settings import Settings
 from sidecar.spool import writable_problem
 
 _REDIRECT_FIX: Final = "set CODER_AGENT_URL to the URL it points to (a redirect is never followed)"

@@ -1,24 +1,28 @@
-"""Command line: argument parsing and exit codes, nothing else."""
+"""Command line: argument parsing and exit codes.
+
+Each command imports what it needs when it runs: `stop` with a daemon running needs
+neither the HTTP stack nor the settings model, and the stop grace period is short.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Final
-
-import structlog
+from typing import TYPE_CHECKING, Final
 
 from sidecar import __version__
-from sidecar.config import ConfigError, Settings, load_settings, unknown_variables
-from sidecar.log import configure
+from sidecar.config import ConfigError
+
+if TYPE_CHECKING:
+    from sidecar.settings import Settings
 
 # The contract: 0 done, 1 a command failed, 2 the configuration is wrong.
 EXIT_CONFIG: Final = 2
 EXIT_INTERRUPTED: Final = 130  # the shell's convention for a process ended by SIGINT
+COMMANDS: Final = ("run", "snapshot", "check", "stop")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,12 +32,17 @@ def _parser() -> argparse.ArgumentParser:
         "Configured by environment variables (see the README).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{run,snapshot,check}")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     sub.add_parser("run", help="run the daemon (default)")
     sub.add_parser(
         "snapshot", help="post one snapshot of the conversation now and exit (a shutdown hook)"
     )
     sub.add_parser("check", help="validate the configuration and probe agentapi and Coder")
+    sub.add_parser(
+        "stop",
+        help="the run_on_stop hook: agentapi saves its state, the running daemon flushes "
+        "its final snapshot (else one is posted), then agentapi is stopped",
+    )
     return parser
 
 
@@ -41,10 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command: str = args.command or "run"
     try:
-        settings = load_settings(os.environ)
-        configure(settings.sidecar_log_level.value, settings.sidecar_log_format)
-        _warn_unknown(os.environ)
-        code = asyncio.run(_command(command, settings))
+        code = _run(command)
     except ConfigError as exc:
         print(f"coder-task-sidecar: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -58,7 +64,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def _run(command: str) -> int:
+    if command == "stop":
+        from sidecar.stop import stop
+
+        return stop(os.environ)
+    import asyncio
+
+    from sidecar.config import load_settings
+    from sidecar.log import configure
+
+    settings = load_settings(os.environ)
+    configure(settings.sidecar_log_level.value, settings.sidecar_log_format)
+    _warn_unknown(os.environ)
+    return asyncio.run(_command(command, settings))
+
+
 def _warn_unknown(env: Mapping[str, str]) -> None:
+    import structlog
+
+    from sidecar.config import unknown_variables
+
     log = structlog.get_logger("sidecar.config")
     for name, closest in unknown_variables(env):
         log.warning("config.unknown_variable", variable=name, did_you_mean=closest)

@@ -16,11 +16,11 @@ from sidecar.agentapi.client import AgentapiClient, AgentapiError
 from sidecar.agentapi.statefile import StateFileSource
 from sidecar.coder.client import CoderClient
 from sidecar.coder.session import make_session, make_token
-from sidecar.config import Settings
 from sidecar.mirror import Mirror
 from sidecar.models import Conversation
 from sidecar.runtime.metrics import InvalidCounter, Metrics
 from sidecar.runtime.signals import stop_signals
+from sidecar.settings import Settings
 from sidecar.spool import Spool
 from sidecar.uploader import FlushOutcome, Uploader
 

@@ -182,9 +182,6 @@ class ProxyConfig:
     def configured(self) -> bool:
         return self.http is not None or self.https is not None
 
-    def proxy_for(self, url: str) -> ProxyURL | None:
-        return self.decide(url).proxy
-
     def decide(self, url: str) -> Decision:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()

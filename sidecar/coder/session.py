@@ -10,8 +10,8 @@ from yarl import URL
 
 from sidecar.coder.proxy import ProxyURL
 from sidecar.coder.token import TokenSource
-from sidecar.config import Settings
 from sidecar.log import register_secret
+from sidecar.settings import Settings
 
 log = structlog.get_logger(__name__)
 

@@ -22,7 +22,7 @@ from sidecar.backoff import Deadline
 from sidecar.coder.client import CoderClient
 from sidecar.coder.session import make_session, make_token
 from sidecar.coder.token import TokenSource
-from sidecar.config import ConfigError, Settings
+from sidecar.config import ConfigError
 from sidecar.hub import Hub
 from sidecar.mirror import Mirror
 from sidecar.relay.delivery import Relay
@@ -33,6 +33,7 @@ from sidecar.runtime.metrics import InvalidCounter, Metrics
 from sidecar.runtime.signals import stop_signals
 from sidecar.runtime.systemd import Notifier
 from sidecar.runtime.watch import watch_file
+from sidecar.settings import Settings
 from sidecar.spool import Spool, Spooled
 from sidecar.uploader import FlushOutcome, Uploader
 

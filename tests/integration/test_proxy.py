@@ -20,8 +20,9 @@ from structlog.testing import capture_logs
 from sidecar.agentapi.client import AgentapiClient
 from sidecar.coder.client import CoderClient, Outcome
 from sidecar.coder.session import make_session, make_token
-from sidecar.config import Settings, load_settings
+from sidecar.config import load_settings
 from sidecar.models import AgentStatus
+from sidecar.settings import Settings
 from tests.conftest import AgentapiFactory
 from tests.fakes.agentapi import FakeAgentapi
 from tests.fakes.coder import FakeCoder

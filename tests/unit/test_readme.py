@@ -28,7 +28,7 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
 
 
 def test_readme_documents_every_variable() -> None:
-    from sidecar.config import Settings
+    from sidecar.settings import Settings
 
     text = (ROOT / "README.md").read_text()
     internal = {"XDG_STATE_HOME", "HOME", "NOTIFY_SOCKET", "WATCHDOG_USEC"}

@@ -26,7 +26,7 @@ def config(
 
 
 def proxy_address(cfg: ProxyConfig, url: str) -> str | None:
-    proxy = cfg.proxy_for(url)
+    proxy = cfg.decide(url).proxy
     return None if proxy is None else proxy.address
 
 
@@ -173,8 +173,8 @@ def test_scheme_selects_the_variable(cfg: ProxyConfig, url: str, expected: str |
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_loopback_is_never_proxied(host: str, scheme: str) -> None:
     cfg = config(http_proxy="proxy.corp:3128", https_proxy="proxy.corp:3128")
-    assert cfg.proxy_for(f"{scheme}://{host}:8080/api") is None
-    assert cfg.proxy_for(f"{scheme}://{host}/") is None
+    assert cfg.decide(f"{scheme}://{host}:8080/api").proxy is None
+    assert cfg.decide(f"{scheme}://{host}/").proxy is None
 
 
 @pytest.mark.parametrize("host", ["[::2]", "localhost.net", "local.localhost", "128.0.0.1"])
@@ -226,10 +226,11 @@ GO_NO_PROXY = (
 )
 def test_go_use_proxy_table(host: str, proxied: bool) -> None:
     cfg = config(http_proxy="proxy.corp:3128", https_proxy="proxy.corp:3128", no_proxy=GO_NO_PROXY)
-    assert (cfg.proxy_for(f"http://{host}:80/") is not None) is proxied
+    assert (cfg.decide(f"http://{host}:80/").proxy is not None) is proxied
     # Go's TestAllNoProxy: "*" turns every one of them direct.
     assert (
-        config(http_proxy="proxy.corp:3128", no_proxy="*").proxy_for(f"http://{host}:80/") is None
+        config(http_proxy="proxy.corp:3128", no_proxy="*").decide(f"http://{host}:80/").proxy
+        is None
     )
 
 
@@ -287,7 +288,7 @@ def test_go_use_proxy_table(host: str, proxied: bool) -> None:
 )
 def test_no_proxy_entries(no_proxy: str, url: str, proxied: bool) -> None:
     cfg = config(http_proxy="proxy.corp:3128", https_proxy="proxy.corp:3128", no_proxy=no_proxy)
-    assert (cfg.proxy_for(url) is not None) is proxied
+    assert (cfg.decide(url).proxy is not None) is proxied
 
 
 def test_star_only_counts_alone() -> None:
@@ -396,7 +397,7 @@ def test_proxy_for_coder_from_settings() -> None:
             HTTPS_PROXY=f"http://sidecar:{PASSWORD}@proxy.corp:3128", NO_PROXY="github.com"
         )
     )
-    assert settings.proxy.proxy_for(settings.coder_agent_url) == ProxyURL(
+    assert settings.proxy.decide(settings.coder_agent_url).proxy == ProxyURL(
         "http", "proxy.corp", 3128, "sidecar", PASSWORD
     )
     assert describe_proxy(settings) == "http://proxy.corp:3128 (from HTTPS_PROXY, with credentials)"

@@ -1,0 +1,290 @@
+"""Settings: every variable the daemon, `snapshot` and `check` read, validated once.
+
+Built by `sidecar.config.load_settings` from the environment it is handed. A bad value
+becomes a `ConfigError` naming the variable; input values are never echoed (pydantic's
+own messages would quote the token).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Final
+from urllib.parse import urlsplit
+from uuid import UUID
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from sidecar.addr import parse_http_addr
+from sidecar.coder.proxy import SUPPORTED_SCHEMES, ProxyConfig, parse_proxy
+from sidecar.coder.token import TokenError, check_token, read_token_file
+from sidecar.config import SHUTDOWN_TIMEOUT_BOUNDS, ConfigError, LogFormat, LogLevel, state_dir_from
+from sidecar.models import SNAPSHOT_MAX_BYTES, AppState
+
+# Whitespace and control characters (C0, DEL, C1) and lone surrogates (undecodable bytes
+# in the environment): never part of a usable URL.
+_URL_UNSAFE = re.compile("[\x00-\x20\x7f-\x9f\ud800-\udfff]")
+
+
+# Every duration has a floor and a ceiling (seconds): a typo (1e-9, 1e9) must not become
+# a flood on the server or a wait that never ends. The README's table shows them.
+SnapshotInterval = Annotated[float, Field(ge=1, le=3600, allow_inf_nan=False)]
+ShutdownTimeout = Annotated[
+    float,
+    Field(ge=SHUTDOWN_TIMEOUT_BOUNDS[0], le=SHUTDOWN_TIMEOUT_BOUNDS[1], allow_inf_nan=False),
+]
+HttpTimeout = Annotated[float, Field(ge=1, le=300, allow_inf_nan=False)]
+ProbeInterval = Annotated[float, Field(ge=1, le=300, allow_inf_nan=False)]
+RelayGrace = Annotated[float, Field(ge=1, le=3600, allow_inf_nan=False)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        frozen=True, case_sensitive=False, extra="ignore", env_ignore_empty=True
+    )
+
+    coder_agent_url: str
+    coder_agent_token: SecretStr | None = None
+    coder_agent_token_file: Path | None = None
+    coder_task_id: UUID | None = None
+    coder_mcp_app_status_slug: str | None = None
+    coder_mcp_ai_agentapi_url: str = "http://localhost:3284"
+    agentapi_state_file: Path | None = None
+    agentapi_pid_file: Path | None = None
+
+    sidecar_snapshot_interval: SnapshotInterval = 5.0
+    sidecar_snapshot_max_messages: Annotated[int, Field(gt=0, le=1000)] = 10
+    # A lower ceiling may be configured (e.g. behind a proxy); never a higher one.
+    sidecar_snapshot_max_bytes: Annotated[int, Field(ge=1024, le=SNAPSHOT_MAX_BYTES)] = (
+        SNAPSHOT_MAX_BYTES
+    )
+    sidecar_state_dir: Path | None = None
+    sidecar_shutdown_timeout: ShutdownTimeout = 10.0
+    sidecar_http_addr: str | None = None
+    sidecar_http_timeout: HttpTimeout = 10.0
+    sidecar_log_level: LogLevel = LogLevel.INFO
+    sidecar_log_format: LogFormat = "auto"
+    sidecar_agentapi_probe_interval: ProbeInterval = 5.0
+
+    sidecar_relay_grace: RelayGrace = 30.0
+    sidecar_relay_screen_activity: bool = False
+    sidecar_relay_uri: str = ""
+    sidecar_relay_on_stop: AppState | None = None
+
+    # Proxies for requests to Coder, with the meaning Coder's agent (Go) gives them; see
+    # sidecar.coder.proxy. Secret: a proxy URL may hold a password.
+    https_proxy: SecretStr | None = None
+    http_proxy: SecretStr | None = None
+    no_proxy: str | None = None
+
+    # Read only to derive defaults or for the service manager's protocol.
+    xdg_state_home: Path | None = None
+    home: Path | None = None
+    notify_socket: str | None = None
+    watchdog_usec: Annotated[int, Field(gt=0)] | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings hands over the environment explicitly; nothing is read behind it.
+        return (init_settings,)
+
+    @field_validator("coder_agent_url", "coder_mcp_ai_agentapi_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        # The messages never quote the value: it may hold a password.
+        value = value.strip()
+        if _URL_UNSAFE.search(value):
+            raise ValueError("must not contain spaces or control characters")
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError:
+            raise ValueError("is not a valid URL (is the port a number from 1 to 65535?)") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(
+                "must not hold a user name or password (remove 'user:password@'; the agent "
+                "token is what authenticates)"
+            )
+        if "?" in value or "#" in value:
+            raise ValueError(
+                "must not have a query string or fragment ('?…', '#…'): the API paths are "
+                "appended to it"
+            )
+        if port == 0:
+            raise ValueError("must have a port from 1 to 65535")
+        return value.rstrip("/")
+
+    @field_validator("coder_agent_token", mode="before")
+    @classmethod
+    def _token(cls, value: Any) -> Any:
+        # Trimmed as the token file is: a Kubernetes secret made from a file ends in "\n".
+        return check_token(value) if isinstance(value, str) else value
+
+    @field_validator("https_proxy", "http_proxy")
+    @classmethod
+    def _proxy_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_proxy(value.get_secret_value())
+        return value
+
+    @field_validator("sidecar_log_level", "sidecar_log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("sidecar_http_addr")
+    @classmethod
+    def _addr(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_http_addr(value)
+        return value
+
+    @field_validator("coder_mcp_app_status_slug")
+    @classmethod
+    def _slug(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @model_validator(mode="after")
+    def _token_present(self) -> Settings:
+        if self.coder_agent_token is None and self.coder_agent_token_file is None:
+            raise ValueError("one of CODER_AGENT_TOKEN or CODER_AGENT_TOKEN_FILE is required")
+        return self
+
+    @property
+    def state_dir(self) -> Path:
+        return state_dir_from(self.sidecar_state_dir, self.xdg_state_home, self.home)
+
+    @property
+    def proxy(self) -> ProxyConfig:
+        return ProxyConfig.parse(
+            https_proxy=self.https_proxy.get_secret_value() if self.https_proxy else None,
+            http_proxy=self.http_proxy.get_secret_value() if self.http_proxy else None,
+            no_proxy=self.no_proxy,
+        )
+
+    @property
+    def http_addr(self) -> tuple[str, int] | None:
+        return parse_http_addr(self.sidecar_http_addr) if self.sidecar_http_addr else None
+
+
+def build(env: Mapping[str, str]) -> Settings:
+    """Settings from `env`, or ConfigError."""
+    # Only our own variables are passed in, so an unrelated malformed variable (say a
+    # HOME that is not a path) cannot stop the daemon.
+    known = {name.upper() for name in Settings.model_fields}
+    values = {k.lower(): v for k, v in env.items() if k.upper() in known and v.strip()}
+    # Go reads exactly HTTPS_PROXY, else https_proxy (likewise the others); the lower-casing
+    # above would take any spelling and let whichever `env` lists last win.
+    proxy_names = _proxy_names(env)
+    values = {k: v for k, v in values.items() if k not in _PROXY_FIELDS}
+    values.update({field: env[name] for field, name in proxy_names.items()})
+    try:
+        settings = Settings.model_validate(values)
+    except ValidationError as exc:
+        error = _config_error(exc)
+        # Named as spelled in the environment: https_proxy, not HTTPS_PROXY.
+        raise ConfigError(
+            proxy_names.get(error.variable.lower(), error.variable), error.problem
+        ) from None
+    _check_coder_proxy(settings, proxy_names)
+    if settings.coder_agent_token is None and settings.coder_agent_token_file is not None:
+        try:
+            read_token_file(settings.coder_agent_token_file)
+        except TokenError as exc:
+            raise ConfigError("CODER_AGENT_TOKEN_FILE", str(exc)) from None
+    try:
+        settings.state_dir  # noqa: B018 (computed now, so that it cannot fail later)
+    except (RuntimeError, KeyError):
+        raise ConfigError(
+            "SIDECAR_STATE_DIR", "is required when neither XDG_STATE_HOME nor HOME is set"
+        ) from None
+    return settings
+
+
+_PROXY_FIELDS: Final = ("https_proxy", "http_proxy", "no_proxy")
+
+
+def _proxy_names(env: Mapping[str, str]) -> dict[str, str]:
+    """Field -> the variable it is read from: the upper-case name when it is set, else the
+    lower-case one (Go's getEnvAny)."""
+    names = {}
+    for field in _PROXY_FIELDS:
+        for name in (field.upper(), field):
+            if env.get(name, "").strip():
+                names[field] = name
+                break
+    return names
+
+
+def _check_coder_proxy(settings: Settings, proxy_names: Mapping[str, str]) -> None:
+    """A proxy that requests to Coder would take but aiohttp cannot speak (socks5) is an
+    error now rather than endless retries. One that only other URLs would take is left
+    alone: the agent beside the sidecar may well use it."""
+    decision = settings.proxy.decide(settings.coder_agent_url)
+    if decision.proxy is not None and decision.proxy.scheme not in SUPPORTED_SCHEMES:
+        assert decision.variable is not None
+        raise ConfigError(
+            proxy_names[decision.variable.lower()],
+            f"{decision.proxy.scheme}:// proxies are not supported for requests to Coder; "
+            "use an http:// or https:// proxy",
+        )
+
+
+def unknown(env: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """See sidecar.config.unknown_variables."""
+    prefix = "SIDECAR_"
+    known = sorted(name.upper() for name in Settings.model_fields if name.startswith("sidecar_"))
+    # Compared without the prefix, which every name shares and which would make any two
+    # of them look alike.
+    suffixes = [name.removeprefix(prefix) for name in known]
+    unknown = []
+    for name in sorted(env):
+        upper = name.upper()
+        if upper.startswith(prefix) and upper not in known:
+            close = difflib.get_close_matches(upper.removeprefix(prefix), suffixes, n=1, cutoff=0.7)
+            unknown.append((name, prefix + close[0] if close else None))
+    return unknown
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    error = exc.errors(include_input=False, include_url=False, include_context=False)[0]
+    loc = [str(part) for part in error["loc"] if isinstance(part, str)]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if not loc:
+        # Model-level errors (the token rule) name their variables in the message.
+        return ConfigError("CODER_AGENT_TOKEN", message)
+    variable = loc[0].upper()
+    bounds = _bounds(loc[0])
+    if error["type"] == "missing":
+        message = "is required"
+    elif error["type"].startswith("uuid"):
+        message = "must be a UUID"
+    elif bounds is not None and loc[0] in _DURATIONS:
+        message = f"must be a number of seconds from {bounds[0]:g} to {bounds[1]:g}"
+    return ConfigError(variable, message)
+
+
+_DURATIONS: Final = frozenset(
+    name for name, field in Settings.model_fields.items() if field.annotation is float
+)
+
+
+def _bounds(name: str) -> tuple[float, float] | None:
+    field = Settings.model_fields.get(name)
+    if field is None:
+        return None
+    low = next((m.ge for m in field.metadata if getattr(m, "ge", None) is not None), None)
+    high = next((m.le for m in field.metadata if getattr(m, "le", None) is not None), None)
+    return None if low is None or high is None else (float(low), float(high))

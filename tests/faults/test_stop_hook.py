@@ -1,0 +1,232 @@
+"""`coder-task-sidecar stop`, the template's run_on_stop hook, with the real processes: the
+daemon, an agentapi stand-in with a pid file and a state file, and the fake Coder."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+
+from tests.e2e.harness import SidecarProcess, run_to_exit, stored_contents
+from tests.fakes.agentapi_process import read_journal
+from tests.faults.rig import Rig
+
+DEADLINE: Final = 20.0
+ROOT: Final = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class AgentapiProcess:
+    proc: asyncio.subprocess.Process
+    pid_file: Path
+    state_file: Path
+    journal: Path
+    url: str
+
+    def entries(self) -> list[dict[str, Any]]:
+        return [e for e in read_journal(self.journal) if e["what"] != "started"]
+
+    def env(self) -> dict[str, str]:
+        return {
+            "CODER_MCP_AI_AGENTAPI_URL": self.url,
+            "AGENTAPI_PID_FILE": str(self.pid_file),
+            "AGENTAPI_STATE_FILE": str(self.state_file),
+        }
+
+
+@contextlib.asynccontextmanager
+async def agentapi_process(
+    tmp_path: Path, *messages: str, ignore_sigterm: bool = False
+) -> AsyncIterator[AgentapiProcess]:
+    home = tmp_path / ".agentapi-module"
+    home.mkdir(exist_ok=True)
+    port_file = home / "port"
+    args = [
+        sys.executable,
+        "-m",
+        "tests.fakes.agentapi_process",
+        "--pid-file",
+        str(home / "agentapi.pid"),
+        "--state-file",
+        str(home / "agentapi-state.json"),
+        "--journal",
+        str(home / "journal"),
+        "--port-file",
+        str(port_file),
+    ]
+    for message in messages:
+        args += ["--message", message]
+    if ignore_sigterm:
+        args.append("--ignore-sigterm")
+    proc = await asyncio.create_subprocess_exec(*args, cwd=ROOT)
+    try:
+        async with asyncio.timeout(DEADLINE):
+            while not port_file.exists():
+                if proc.returncode is not None:
+                    raise AssertionError("the agentapi stand-in exited at start")
+                await asyncio.sleep(0.01)
+        yield AgentapiProcess(
+            proc,
+            home / "agentapi.pid",
+            home / "agentapi-state.json",
+            home / "journal",
+            f"http://127.0.0.1:{port_file.read_text()}",
+        )
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def run_stop(rig: Rig, **extra: str) -> tuple[int, list[dict[str, Any]]]:
+    proc = SidecarProcess(rig.env(**extra), ["stop"])
+    await proc.start()
+    try:
+        code = await proc.wait(DEADLINE)
+    finally:
+        await proc.kill()
+    assert "Traceback" not in proc.output()
+    return code, proc.logs
+
+
+def events(logs: list[dict[str, Any]]) -> list[str]:
+    return [str(e["event"]) for e in logs]
+
+
+async def test_with_the_daemon_running_and_agentapi_gone_stop_stores_the_daemons_newest(
+    rig: Rig,
+) -> None:
+    rig.agentapi.fake.add_message("user", "fix the flaky test")
+    daemon = await rig.start_sidecar(SIDECAR_SNAPSHOT_INTERVAL="600")
+    await rig.wait_truth()
+    async with rig.seen(1):
+        rig.agentapi.fake.add_message("agent", "Fixed: the test waited on a timer.")
+    # agentapi is gone by the time the hook runs; the daemon's mirror is all there is.
+    await rig.agentapi.server.stop()
+    code, logs = await run_stop(rig)
+    assert code == 0
+    assert stored_contents(rig.coder.fake) == [
+        "fix the flaky test",
+        "Fixed: the test waited on a timer.",
+    ]
+    assert await daemon.proc.wait(DEADLINE) == 0
+    (stopped,) = [e for e in logs if e["event"] == "stop.daemon_stopped"]
+    assert stopped["snapshot"] == "delivered"
+    assert daemon.proc.proc is not None
+    assert stopped["pid"] == daemon.proc.proc.pid
+    # The hook never needed the HTTP stack: it posted nothing itself.
+    assert "stop.no_daemon" not in events(logs)
+
+
+async def test_a_daemon_that_could_not_deliver_makes_stop_exit_1(rig: Rig) -> None:
+    rig.agentapi.fake.add_message("user", "hello")
+    await rig.start_sidecar(SIDECAR_SHUTDOWN_TIMEOUT="1")
+    await rig.wait_truth()
+    rig.coder.fake.fail_next(503, times=10_000)
+    async with rig.seen(1):
+        rig.agentapi.fake.add_message("agent", "unsent")
+    code, logs = await run_stop(rig, SIDECAR_SHUTDOWN_TIMEOUT="1")
+    assert code == 1
+    (stopped,) = [e for e in logs if e["event"] == "stop.daemon_stopped"]
+    assert stopped["snapshot"] == "spooled"
+    assert "unsent" in rig.spool_path.read_text()
+
+
+async def test_without_a_daemon_agentapi_saves_first_then_the_snapshot_then_it_stops(
+    rig: Rig, tmp_path: Path
+) -> None:
+    async with agentapi_process(tmp_path, "user:run the tests", "agent:All green.") as agentapi:
+        code, logs = await run_stop(rig, **agentapi.env())
+        assert code == 0
+        # Step 3 waited for agentapi: it has exited when the hook returns.
+        assert agentapi.proc.returncode is not None or await agentapi.proc.wait() == 0
+        journal = agentapi.entries()
+    whats = [(e["what"], e.get("name") or e.get("path")) for e in journal]
+    assert whats[:3] == [("signal", "SIGUSR1"), ("saved", None), ("request", "/messages")]
+    assert whats[-3:] == [("signal", "SIGTERM"), ("saved", None), ("exited", None)]
+    assert stored_contents(rig.coder.fake) == ["run the tests", "All green."]
+    assert events(logs)[:2] == ["stop.agentapi_saved", "stop.no_daemon"]
+    assert events(logs)[-1] == "stop.agentapi_stopped"
+
+
+async def test_without_a_daemon_and_agentapi_gone_the_state_file_speaks(
+    rig: Rig, tmp_path: Path
+) -> None:
+    async with agentapi_process(tmp_path, "user:save me", "agent:Saved.") as agentapi:
+        env = agentapi.env()
+        # agentapi answers signals but no longer HTTP: its state file is the last word.
+        env["CODER_MCP_AI_AGENTAPI_URL"] = "http://127.0.0.1:9"
+        code, _logs = await run_stop(rig, **env)
+    assert code == 0
+    assert stored_contents(rig.coder.fake) == ["save me", "Saved."]
+
+
+async def test_an_agentapi_that_will_not_stop_is_said_to_be_running(
+    rig: Rig, tmp_path: Path
+) -> None:
+    async with agentapi_process(tmp_path, "user:hi", ignore_sigterm=True) as agentapi:
+        code, logs = await run_stop(rig, **agentapi.env())
+        assert agentapi.proc.returncode is None
+    assert code == 0
+    assert "stop.agentapi_still_running" in events(logs)
+
+
+async def test_a_stale_pid_file_naming_another_process_is_never_signalled(
+    rig: Rig, tmp_path: Path
+) -> None:
+    bystander = await asyncio.create_subprocess_exec("sleep", "60")
+    try:
+        pid_file = tmp_path / "agentapi.pid"
+        pid_file.write_text(f"{bystander.pid}\n")
+        rig.agentapi.fake.add_message("user", "hi")
+        code, logs = await run_stop(rig, AGENTAPI_PID_FILE=str(pid_file))
+        assert code == 0
+        assert "stop.agentapi_pid_reused" in events(logs)
+        assert bystander.returncode is None
+    finally:
+        bystander.kill()
+        await bystander.wait()
+
+
+async def test_without_a_task_stop_exits_0_at_once(rig: Rig, tmp_path: Path) -> None:
+    async with agentapi_process(tmp_path, "user:hi") as agentapi:
+        code, logs = await run_stop(rig, CODER_TASK_ID="", **agentapi.env())
+    assert code == 0
+    assert "oneshot.skipped" in events(logs)
+    assert rig.coder.fake.snapshot_posts() == []
+
+
+@pytest.mark.parametrize("daemon", [False, True], ids=["no-daemon", "daemon"])
+async def test_against_a_coder_without_tasks_stop_exits_0_and_keeps_nothing(
+    rig: Rig, daemon: bool
+) -> None:
+    rig.coder.fake.endpoint_missing = True
+    rig.agentapi.fake.add_message("user", "hello")
+    if daemon:
+        started = await rig.start_sidecar()
+        await started.proc.wait_log("snapshot.no_tasks_api", timeout=DEADLINE)
+    code, logs = await run_stop(rig)
+    assert code == 0
+    assert not rig.spool_path.exists()
+    if daemon:
+        (stopped,) = [e for e in logs if e["event"] == "stop.daemon_stopped"]
+        assert stopped["snapshot"] == "no_tasks_api"
+    else:
+        assert len(rig.coder.fake.snapshot_posts()) == 1
+        (done,) = [e for e in logs if e["event"] == "oneshot.done"]
+        assert done["snapshot"] == "no_tasks_api"
+
+
+async def test_a_configuration_error_is_one_line_and_exit_2(rig: Rig) -> None:
+    code, _out, err = await run_to_exit(rig.env(SIDECAR_SHUTDOWN_TIMEOUT="0"), ["stop"])
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "coder-task-sidecar: configuration error: SIDECAR_SHUTDOWN_TIMEOUT: must be a number "
+        "of seconds from 1 to 600"
+    ]
