@@ -12,8 +12,26 @@ message of 40,000 '€') it measures, against the loopback fakes (tests/fakes):
   (c) baseline bench/baseline/shutdown-snapshot.sh (curl + jq, today's shutdown hook):
                process start → stored.
 
+Then the `run_on_stop` hook, with agentapi as a process of its own
+(tests/fakes/agentapi_process.py: a pid file, its state file saved on SIGUSR1 and SIGTERM,
+and it exits on SIGTERM), each timed start → stored and start → exit:
+
+  (d) registry bench/baseline/agentapi-shutdown.sh, the steps of the Coder registry's
+               agentapi module `run_on_stop` script, which templates run today: SIGUSR1,
+               `sleep 1`, fetch /messages, trim with jq, post; SIGTERM agentapi and check
+               once a second until it is gone;
+  (e) stop, daemon running   `coder-task-sidecar stop` with AGENTAPI_PID_FILE and
+               AGENTAPI_STATE_FILE set, beside a settled daemon (`run`, interval 600 s)
+               that holds the final words unposted, as in (a). The daemon reads an
+               in-process fake agentapi, so the words can arrive after its first post; the
+               agentapi process that `stop` signals holds the same final conversation;
+  (f) stop, no daemon        the same without a daemon: `stop` reads agentapi and posts.
+
 "stored" means the POST was answered 204 and the logs read-back
-(GET /api/v2/tasks/me/{task}/logs) answers 200. Ratios are against the baseline.
+(GET /api/v2/tasks/me/{task}/logs) answers 200. Ratios are against the curl + jq baseline
+in the first table and against the registry script in the second. Aims: the daemon stores
+≤ 100 ms after SIGTERM; with a daemon running, `stop` stores ≤ 100 ms after it starts and
+is ≥ 5× faster (start → exit) than the registry script on every conversation.
 """
 
 from __future__ import annotations
@@ -24,9 +42,10 @@ import contextlib
 import json
 import re
 import signal
+import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,11 +54,14 @@ import aiohttp
 
 from tests.e2e.harness import SidecarProcess, base_env, sidecar_command
 from tests.fakes.agentapi import FakeAgentapi
+from tests.fakes.agentapi_process import read_journal
 from tests.fakes.coder import FakeCoder
 from tests.fakes.server import serve
 
 SCRIPT = _common.BENCH / "baseline" / "shutdown-snapshot.sh"
+REGISTRY_SCRIPT = _common.BENCH / "baseline" / "agentapi-shutdown.sh"
 AIM_MS = 100.0
+STOP_SPEEDUP_AIM = 5.0  # `stop` (daemon running) vs the registry script, start → exit
 STEP_TIMEOUT = 20.0
 
 
@@ -108,6 +130,8 @@ class Run:
     body_bytes: int | None = None
     messages: int | None = None  # messages in the last body posted
     kept: int | None = None  # characters of the newest message it carried
+    # The stop hook (from agentapi's journal): start → SIGUSR1 → SIGTERM → exit, in ms
+    phases: tuple[float, float, float] | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -117,6 +141,7 @@ class Run:
 
 SIDECAR_MARKER = re.compile(r"\[… (\d+) earlier characters cut by coder-task-sidecar …\]\n")
 BASELINE_MARKER = "[... earlier output truncated ...]\n"
+REGISTRY_MARKER = "[...content truncated, showing last 56KB...]\n\n"
 
 
 def kept_chars(stored: str, final: str) -> int | None:
@@ -129,9 +154,10 @@ def kept_chars(stored: str, final: str) -> int | None:
         tail = stored[m.end() :]
         ok = int(m.group(1)) + len(tail) == len(final) and final.endswith(tail)
         return len(tail) if ok else None
-    if stored.startswith(BASELINE_MARKER):
-        tail = stored[len(BASELINE_MARKER) :]
-        return len(tail) if final.endswith(tail) and tail else None
+    for marker in (BASELINE_MARKER, REGISTRY_MARKER):
+        if stored.startswith(marker):
+            tail = stored[len(marker) :]
+            return len(tail) if final.endswith(tail) and tail else None
     return None
 
 
@@ -242,34 +268,54 @@ async def fakes(
         run.readback = await readback(session, c_srv.url, coder)
 
 
+async def settle_daemon(
+    run: Run,
+    proc: SidecarProcess,
+    case: Case,
+    agentapi: FakeAgentapi,
+    coder: FakeCoder,
+    session: aiohttp.ClientSession,
+) -> int:
+    """Start the daemon (`run`, interval 600 s) and bring it where a shutdown finds it: its
+    first snapshot stored, then the case's change received and not posted. Returns the
+    accepted POSTs so far."""
+    await proc.start()
+    assert proc.proc is not None
+    _common.track(proc.proc)
+    await coder.wait_for(lambda: bool(coder.accepted_snapshot_posts()), STEP_TIMEOUT)
+    listening = await proc.wait_log("health.listening", STEP_TIMEOUT)
+    http = f"http://127.0.0.1:{listening['port']}"
+    seen = await events_seen(session, http)
+    case.change(agentapi)
+    async with asyncio.timeout(STEP_TIMEOUT):
+        while await events_seen(session, http) < seen + 1:
+            await asyncio.sleep(0.005)
+    if newest_stored(coder, case.final, 0):
+        run.notes.append("newest stored before the shutdown (not a shutdown figure)")
+    return len(coder.accepted_snapshot_posts())
+
+
+def daemon_env(
+    home: Path, agentapi_url: str, coder_url: str, coder: FakeCoder, **extra: str
+) -> dict[str, str]:
+    return env_for(
+        home,
+        agentapi_url,
+        coder_url,
+        coder,
+        SIDECAR_SNAPSHOT_INTERVAL="600",  # after settling only a shutdown can post
+        SIDECAR_HTTP_ADDR="127.0.0.1:0",
+        SIDECAR_AGENTAPI_PROBE_INTERVAL="5",
+        **extra,
+    )
+
+
 async def run_daemon(case: Case, home: Path, session: aiohttp.ClientSession) -> Run:
     run = Run()
     async with fakes(run, case, case.settle, session) as (agentapi, coder, a_url, c_url):
-        env = env_for(
-            home,
-            a_url,
-            c_url,
-            coder,
-            SIDECAR_SNAPSHOT_INTERVAL="600",  # after settling only SIGTERM can post
-            SIDECAR_HTTP_ADDR="127.0.0.1:0",
-            SIDECAR_AGENTAPI_PROBE_INTERVAL="5",
-        )
-        proc = SidecarProcess(env)
-        await proc.start()
-        assert proc.proc is not None
-        _common.track(proc.proc)
+        proc = SidecarProcess(daemon_env(home, a_url, c_url, coder))
         try:
-            await coder.wait_for(lambda: bool(coder.accepted_snapshot_posts()), STEP_TIMEOUT)
-            listening = await proc.wait_log("health.listening", STEP_TIMEOUT)
-            http = f"http://127.0.0.1:{listening['port']}"
-            seen = await events_seen(session, http)
-            case.change(agentapi)
-            async with asyncio.timeout(STEP_TIMEOUT):
-                while await events_seen(session, http) < seen + 1:
-                    await asyncio.sleep(0.005)
-            accepted_before = len(coder.accepted_snapshot_posts())
-            if newest_stored(coder, case.final, 0):
-                run.notes.append("newest stored before SIGTERM (not a shutdown figure)")
+            accepted_before = await settle_daemon(run, proc, case, agentapi, coder, session)
             started = time.monotonic()
             proc.signal(signal.SIGTERM)
             await time_to_stored_and_exit(run, proc, coder, case.final, accepted_before, started)
@@ -294,34 +340,218 @@ async def run_oneshot(case: Case, home: Path, session: aiohttp.ClientSession) ->
     return run
 
 
+async def run_script(
+    script: Path, run: Run, env: dict[str, str], coder: FakeCoder, final: list[tuple[str, str]]
+) -> None:
+    """Run a shell baseline to its end: start → stored, start → exit, and its last error
+    line as a note when it failed or stored nothing."""
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        "bash",
+        str(script),
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _common.track(proc)
+    try:
+        async with asyncio.timeout(STEP_TIMEOUT):
+            out, err = await proc.communicate()
+        run.exit_code = proc.returncode
+        run.to_exit_ms = (time.monotonic() - started) * 1000
+        run.to_stored_ms = stored_ms(coder, final, 0, started)
+        if run.exit_code or run.to_stored_ms is None:
+            lines = err.decode(errors="replace").strip().splitlines()
+            lines = lines or out.decode(errors="replace").strip().splitlines()
+            run.notes.append(lines[-1][:80] if lines else f"exit {run.exit_code}")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def run_baseline(case: Case, home: Path, session: aiohttp.ClientSession) -> Run:
     run = Run()
     async with fakes(run, case, case.final, session) as (_, coder, a_url, c_url):
-        env = env_for(home, a_url, c_url, coder)
-        started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            "bash",
-            str(SCRIPT),
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _common.track(proc)
-        try:
-            async with asyncio.timeout(STEP_TIMEOUT):
-                out, err = await proc.communicate()
-            run.exit_code = proc.returncode
-            run.to_exit_ms = (time.monotonic() - started) * 1000
-            run.to_stored_ms = stored_ms(coder, case.final, 0, started)
-            text = (out + err).decode(errors="replace").strip().splitlines()
-            if run.exit_code:
-                run.notes.append(text[-1][:80] if text else f"exit {run.exit_code}")
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        await run_script(SCRIPT, run, env_for(home, a_url, c_url, coder), coder, case.final)
     return run
+
+
+# --- the stop hook ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentapiProcess:
+    """tests/fakes/agentapi_process.py running: what a template's agentapi module leaves."""
+
+    proc: asyncio.subprocess.Process
+    pid_file: Path
+    state_file: Path
+    journal: Path
+    url: str
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AGENTAPI_PID_FILE": str(self.pid_file),
+            "AGENTAPI_STATE_FILE": str(self.state_file),
+        }
+
+    async def check(self, run: Run, started: float) -> None:
+        """Notes unless it saved its state on SIGUSR1 and then exited on SIGTERM (the hook
+        waited for that: here a moment only lets asyncio collect the status); the hook's
+        phases from when agentapi got its signals (its journal has this clock)."""
+        journal = read_journal(self.journal)
+        seen = [(e["what"], e.get("name")) for e in journal]
+        at = {e["name"]: float(e["at"]) for e in journal if e["what"] == "signal"}
+        if "SIGUSR1" not in at:
+            run.notes.append("agentapi got no SIGUSR1")
+        elif "SIGTERM" in at and run.to_exit_ms is not None:
+            usr1, term = (at["SIGUSR1"] - started) * 1000, (at["SIGTERM"] - started) * 1000
+            run.phases = (usr1, term - usr1, run.to_exit_ms - term)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self.proc.wait()
+        if ("exited", None) not in seen or self.proc.returncode is None:
+            run.notes.append("agentapi still running after the hook")
+
+
+@contextlib.asynccontextmanager
+async def agentapi_process(
+    home: Path, messages: list[tuple[str, str]]
+) -> AsyncIterator[AgentapiProcess]:
+    """agentapi with a pid file and a state file, holding `messages`; killed afterwards
+    whatever happened. It is started (and has written its port) before any timing starts."""
+    where = home / ".agentapi-module"
+    where.mkdir()
+    port_file = where / "port"
+    args = [
+        sys.executable,
+        "-m",
+        "tests.fakes.agentapi_process",
+        "--pid-file",
+        str(where / "agentapi.pid"),
+        "--state-file",
+        str(where / "agentapi-state.json"),
+        "--journal",
+        str(where / "journal"),
+        "--port-file",
+        str(port_file),
+    ]
+    for role, content in messages:
+        args += ["--message", f"{role}:{content}"]
+    with (where / "output").open("wb") as output:
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            cwd=_common.REPO,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+        )
+    _common.track(proc)
+    try:
+        async with asyncio.timeout(STEP_TIMEOUT):
+            while not port_file.exists():
+                if proc.returncode is not None:
+                    raise RuntimeError(f"the agentapi process exited at start; see {where}/output")
+                await asyncio.sleep(0.01)
+        yield AgentapiProcess(
+            proc,
+            where / "agentapi.pid",
+            where / "agentapi-state.json",
+            where / "journal",
+            f"http://127.0.0.1:{port_file.read_text(encoding='utf-8')}",
+        )
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+def check_stop_logs(run: Run, proc: SidecarProcess, *, daemon: bool) -> None:
+    """Notes unless `stop` took the path the row is about, step by step."""
+    events = {str(e.get("event")) for e in proc.logs}
+    expected = ["stop.agentapi_saved", "stop.agentapi_stopped"]
+    expected.append("stop.daemon_stopped" if daemon else "stop.no_daemon")
+    run.notes.extend(f"no {name} logged" for name in expected if name not in events)
+
+
+async def run_registry(case: Case, home: Path, session: aiohttp.ClientSession) -> Run:
+    run = Run()
+    async with (
+        fakes(run, case, case.final, session) as (_, coder, _a_url, c_url),
+        agentapi_process(home, case.final) as agentapi,
+    ):
+        env = env_for(home, agentapi.url, c_url, coder, **agentapi.env())
+        started = time.monotonic()
+        await run_script(REGISTRY_SCRIPT, run, env, coder, case.final)
+        await agentapi.check(run, started)
+    return run
+
+
+async def run_stop_daemon(case: Case, home: Path, session: aiohttp.ClientSession) -> Run:
+    run = Run()
+    async with (
+        fakes(run, case, case.settle, session) as (fake, coder, a_url, c_url),
+        agentapi_process(home, case.final) as agentapi,
+    ):
+        env = daemon_env(home, a_url, c_url, coder, **agentapi.env())
+        daemon = SidecarProcess(env)
+        stop = SidecarProcess(env, ["stop"])
+        started = time.monotonic()
+        try:
+            accepted_before = await settle_daemon(run, daemon, case, fake, coder, session)
+            started = time.monotonic()
+            await stop.start()
+            assert stop.proc is not None
+            _common.track(stop.proc)
+            await stop_to_exit(run, stop, coder, case.final, accepted_before, started)
+            # `stop` saw it exit; this only collects its status.
+            code = await daemon.wait(STEP_TIMEOUT)
+            if code != 0:
+                run.notes.append(f"daemon exit {code}")
+        finally:
+            await stop.kill()
+            await daemon.kill()
+        check_stop_logs(run, stop, daemon=True)
+        await agentapi.check(run, started)
+    return run
+
+
+async def run_stop_alone(case: Case, home: Path, session: aiohttp.ClientSession) -> Run:
+    run = Run()
+    async with (
+        fakes(run, case, case.final, session) as (_, coder, _a_url, c_url),
+        agentapi_process(home, case.final) as agentapi,
+    ):
+        env = env_for(home, agentapi.url, c_url, coder, **agentapi.env())
+        stop = SidecarProcess(env, ["stop"])
+        started = time.monotonic()
+        try:
+            await stop.start()
+            assert stop.proc is not None
+            _common.track(stop.proc)
+            await stop_to_exit(run, stop, coder, case.final, 0, started)
+        finally:
+            await stop.kill()
+        check_stop_logs(run, stop, daemon=False)
+        await agentapi.check(run, started)
+    return run
+
+
+async def stop_to_exit(
+    run: Run,
+    proc: SidecarProcess,
+    coder: FakeCoder,
+    final: list[tuple[str, str]],
+    accepted_before: int,
+    started: float,
+) -> None:
+    """`stop` returns only after whatever it stores is stored (the daemon has exited, or it
+    posted itself): wait for its exit, then read when the store happened."""
+    run.exit_code = await proc.wait(STEP_TIMEOUT)
+    run.to_exit_ms = (time.monotonic() - started) * 1000
+    run.to_stored_ms = stored_ms(coder, final, accepted_before, started)
 
 
 # --- the report -------------------------------------------------------------------------
@@ -331,6 +561,30 @@ METHODS = {
     "oneshot (start → stored)": run_oneshot,
     "baseline sh (start → stored)": run_baseline,
 }
+BASELINE = "baseline sh (start → stored)"
+# The run_on_stop hook, against the registry's script (the second table).
+STOP_METHODS = {
+    "registry script (start → stored)": run_registry,
+    "stop, daemon running (start → stored)": run_stop_daemon,
+    "stop, no daemon (start → stored)": run_stop_alone,
+}
+REGISTRY = "registry script (start → stored)"
+STOP_DAEMON = "stop, daemon running (start → stored)"
+COLUMNS = [
+    "conversation",
+    "method",
+    "→ stored ms",
+    "min–max",
+    "vs {base}",
+    "→ exit ms",
+    "vs {base}",
+    "accepted",
+    "POST / logs",
+    "body bytes",
+    "msgs / newest chars kept",
+    "exit",
+    "notes",
+]
 
 
 @dataclass(frozen=True)
@@ -350,6 +604,7 @@ class Summary:
     kept: int | None
     exit: list[int | None]
     notes: list[str]
+    phases: tuple[float, float, float] | None  # medians, over the runs that have them
 
 
 def summarize(runs: list[Run]) -> Summary:
@@ -370,33 +625,32 @@ def summarize(runs: list[Run]) -> Summary:
         kept=last.kept,
         exit=sorted({r.exit_code for r in runs}, key=str),
         notes=sorted({n for r in runs for n in r.notes}),
+        phases=_median_phases([r.phases for r in runs if r.phases is not None]),
     )
 
 
-async def main_async(args: argparse.Namespace) -> int:
-    repeat = args.repeat or (1 if args.quick else 5)
-    sidecar_command()  # a clear error when the console script is not installed
-    if not SCRIPT.exists():
-        raise SystemExit(f"missing {SCRIPT}")
-    results: dict[tuple[str, str], Summary] = {}
-    daemon_all: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="bench-shutdown-") as tmp:
-        async with aiohttp.ClientSession() as session:
-            for case in cases():
-                for method, fn in METHODS.items():
-                    runs: list[Run] = []
-                    for i in range(repeat):
-                        home = Path(tmp) / f"{len(results)}-{i}"
-                        home.mkdir()
-                        runs.append(await fn(case, home, session))
-                    if method.startswith("daemon"):
-                        daemon_all.extend(r.to_stored_ms for r in runs if r.to_stored_ms)
-                    results[(case.name, method)] = summarize(runs)
-                    _common.note(f"  done: {case.name} / {method}")
+def _median_phases(
+    phases: list[tuple[float, float, float]],
+) -> tuple[float, float, float] | None:
+    if not phases:
+        return None
+    a, b, c = (_common.median([p[i] for p in phases]) for i in range(3))
+    return (a, b, c)
 
+
+def table_rows(
+    results: dict[tuple[str, str], Summary],
+    methods: Iterable[str],
+    base_method: str,
+    base_name: str,
+) -> list[list[str]]:
+    """One row per conversation and method, ratios against `base_method`."""
     rows: list[list[str]] = []
+    wanted = set(methods)
     for (case_name, method), r in results.items():
-        base = results[(case_name, "baseline sh (start → stored)")]
+        if method not in wanted:
+            continue
+        base = results[(case_name, base_method)]
         rows.append(
             [
                 case_name,
@@ -406,7 +660,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 (
                     _common.ratio(r.stored_ms, base.stored_ms)
                     if base.stored_ms is not None
-                    else ("baseline failed" if r.stored_ms is not None else "—")
+                    else (f"{base_name} failed" if r.stored_ms is not None else "—")
                 ),
                 _common.fmt(r.exit_ms),
                 _common.ratio(r.exit_ms, base.exit_ms),
@@ -419,25 +673,60 @@ async def main_async(args: argparse.Namespace) -> int:
                 "; ".join(r.notes),
             ]
         )
+    return rows
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    repeat = args.repeat or (1 if args.quick else 5)
+    sidecar_command()  # a clear error when the console script is not installed
+    for script in (SCRIPT, REGISTRY_SCRIPT):
+        if not script.exists():
+            raise SystemExit(f"missing {script}")
+    results: dict[tuple[str, str], Summary] = {}
+    daemon_all: list[float] = []
+    stop_all: list[float | None] = []  # None: a run that stored nothing newest
+    with tempfile.TemporaryDirectory(prefix="bench-shutdown-") as tmp:
+        async with aiohttp.ClientSession() as session:
+            for case in cases():
+                for method, fn in {**METHODS, **STOP_METHODS}.items():
+                    runs: list[Run] = []
+                    for i in range(repeat):
+                        home = Path(tmp) / f"{len(results)}-{i}"
+                        home.mkdir()
+                        runs.append(await fn(case, home, session))
+                    if method.startswith("daemon"):
+                        daemon_all.extend(r.to_stored_ms for r in runs if r.to_stored_ms)
+                    if method == STOP_DAEMON:
+                        stop_all.extend(r.to_stored_ms if r.accepted else None for r in runs)
+                    results[(case.name, method)] = summarize(runs)
+                    _common.note(f"  done: {case.name} / {method}")
+
     _common.note(f"\n{_common.machine_line()}  ·  repeat {repeat} (median, min–max)")
     _common.table(
         "Shutdown: time to the stored snapshot (ms) and whether Coder accepted it",
+        [c.format(base="baseline") for c in COLUMNS],
+        table_rows(results, METHODS, BASELINE, "baseline"),
+    )
+    _common.table(
+        "Stop hook (run_on_stop): `coder-task-sidecar stop` vs the registry's "
+        "agentapi-shutdown.sh, from the hook's start (ms)",
+        [c.format(base="registry") for c in COLUMNS],
+        table_rows(results, STOP_METHODS, REGISTRY, "registry"),
+    )
+    _common.table(
+        "Stop hook: where the time goes (ms, medians; agentapi's journal dates its signals)",
         [
             "conversation",
             "method",
-            "→ stored ms",
-            "min–max",
-            "vs baseline",
-            "→ exit ms",
-            "vs baseline",
-            "accepted",
-            "POST / logs",
-            "body bytes",
-            "msgs / newest chars kept",
-            "exit",
-            "notes",
+            "start → SIGUSR1",
+            "SIGUSR1 → SIGTERM to agentapi",
+            "SIGTERM → hook exit",
         ],
-        rows,
+        [
+            [case_name, method.removesuffix(" (start → stored)"), *map(_common.fmt, r.phases)]
+            for (case_name, method), r in results.items()
+            if method in STOP_METHODS and r.phases is not None
+        ],
     )
     worst = max(daemon_all) if daemon_all else None
     ok = worst is not None and worst <= AIM_MS and len(daemon_all) == 3 * repeat
@@ -454,7 +743,46 @@ async def main_async(args: argparse.Namespace) -> int:
             ]
         ],
     )
+    _common.table("Stop hook aims (daemon running)", *stop_aims(results, stop_all))
     return 0
+
+
+def stop_aims(
+    results: dict[tuple[str, str], Summary], stop_all: list[float | None]
+) -> tuple[list[str], list[list[object]]]:
+    """`stop` with a daemon running: stored ≤ AIM_MS after it starts (every run), and
+    ≥ STOP_SPEEDUP_AIM× faster than the registry script, start → exit (median per
+    conversation, the smallest counts)."""
+    stored = [ms for ms in stop_all if ms is not None]
+    worst = max(stored) if stored else None
+    stored_ok = worst is not None and worst <= AIM_MS and len(stored) == len(stop_all)
+    speedups = {
+        name: results[(name, REGISTRY)].exit_ms / results[(name, STOP_DAEMON)].exit_ms
+        for name, method in results
+        if method == STOP_DAEMON and results[(name, STOP_DAEMON)].exit_ms > 0
+    }
+    slowest = min(speedups, key=lambda name: speedups[name]) if speedups else None
+    least = speedups[slowest] if slowest is not None else None
+    headers = ["figure", "runs", "median", "worst", "aim", "verdict"]
+    rows: list[list[object]] = [
+        [
+            "`stop` start → snapshot stored (ms)",
+            f"{len(stored)}/{len(stop_all)}",
+            _common.fmt(_common.median(stored) if stored else None),
+            _common.fmt(worst),
+            f"≤ {AIM_MS:.0f} ms",
+            _common.verdict(stored_ok),
+        ],
+        [
+            "registry script ÷ `stop`, start → exit (per conversation)",
+            len(speedups),
+            f"×{_common.median(list(speedups.values())):.1f}" if speedups else "—",
+            f"×{least:.1f} ({slowest})" if least is not None else "—",
+            f"≥ ×{STOP_SPEEDUP_AIM:.0f}",
+            _common.verdict(least is not None and least >= STOP_SPEEDUP_AIM and len(speedups) == 3),
+        ],
+    ]
+    return headers, rows
 
 
 def main() -> None:

@@ -12,18 +12,56 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
 from typing import Any, Final, Literal, NamedTuple, TypeAlias, TypeGuard
 
 Role: TypeAlias = Literal["user", "agent"]
 
-# RFC 3339 date-time as Go's time.RFC3339Nano writes it (agentapi) and Coder parses it:
-# ASCII digits only, upper-case T and Z, fields in range. Anything Go would refuse here
-# would make the server's read-back of the whole snapshot fail.
-_RFC3339 = re.compile(
-    r"(\d{4})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):([0-5]\d):([0-5]\d|60)"
-    r"(?:\.\d{1,9})?(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)\Z",
-    re.ASCII,
+# A message time exactly as Coder takes it. coderd decodes the snapshot's `time` fields
+# with Go's time.Time.UnmarshalJSON, then re-encodes the payload with json.Marshal
+# (coderd/aitasks.go); a time either step refuses fails the whole upload. From Go's
+# src/time (the same in every release since 1.20):
+#
+# * UnmarshalJSON takes the bytes between the quotes (no JSON unescaping) to
+#   parseStrictRFC3339 (format_rfc3339.go): the fast parseRFC3339, else
+#   Parse(RFC3339, ...). The "strict" checks after that are disabled (`case true:
+#   return t, nil`, go.dev/issue/54580), so the lax layout parser (format.go, parse)
+#   decides: a 4-digit year 0000-9999; month 01-12; a 2-digit day valid for the month,
+#   leap years included (daysIn/isLeap, year 0 is leap); hour of ONE or two digits, 0-23;
+#   minute and second 00-59 (no leap second); an optional fraction: `.` or `,` then any
+#   number of digits (cut to 9); then `Z`, or a sign, 2 digits, `:`, 2 digits with hour
+#   <= 24 and minute <= 60; nothing after. ASCII digits and upper-case T/Z only.
+# * MarshalJSON (appendStrictRFC3339) refuses an offset of 24 h or more ("timezone hour
+#   outside of range [0,23]"), which coderd answers with 500: offsets stop at +23:59,
+#   and 23:60 (= 24 h) is out too; 00:60 through 22:60 (a whole hour) are fine.
+#
+# One regular expression holds all of it, the calendar included (years divisible by 4,
+# except centuries not divisible by 400), so a miss costs a single match.
+_LEAP_YEAR: Final = r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)"
+_GO_TIME: Final = re.compile(
+    r"""
+    (?:
+        [0-9]{4}-
+        (?:
+            (?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])   # day 01-28: every month
+          | (?:0[13-9]|1[0-2])-(?:29|30)                 # 29 and 30: not February
+          | (?:0[13578]|1[02])-31                        # 31: the long months
+        )
+      | """
+    + _LEAP_YEAR
+    + r"""-02-29                                         # February 29: leap years
+    )
+    T(?:[01]?[0-9]|2[0-3])                               # hour: one or two digits
+    :[0-5][0-9]:[0-5][0-9]                               # minute, second
+    (?:[.,][0-9]+)?                                      # fraction: any length
+    (?:Z|[+-](?:(?:[01][0-9]|2[0-2]):(?:[0-5][0-9]|60)|23:[0-5][0-9]))
+    \Z
+    """,
+    re.VERBOSE,
+)
+# The fields of a time _GO_TIME accepted, for time_ns.
+_TIME_FIELDS: Final = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{1,2}):([0-9]{2}):([0-9]{2})"
+    r"(?:[.,]([0-9]+))?(?:Z|([+-])([0-9]{2}):([0-9]{2}))\Z"
 )
 _INT64_MAX: Final = 2**63 - 1
 
@@ -113,37 +151,53 @@ _last_valid_time: str | None = None
 
 
 def _valid_time(time: object) -> TypeGuard[str]:
+    """True when Coder takes `time` (see _GO_TIME)."""
     # A streamed message keeps its time while its content grows many times a second:
     # the last time that passed is remembered so the pattern runs once per message.
     global _last_valid_time
     if time is not None and time == _last_valid_time:
         return True
-    if isinstance(time, str) and _RFC3339.match(time) is not None:
+    if isinstance(time, str) and _GO_TIME.match(time) is not None:
         _last_valid_time = time
         return True
     return False
 
 
+_DAYS_BEFORE_MONTH: Final = (0, 0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334)
+_UNIX_EPOCH_DAYS: Final = 719_528  # days from 0000-01-01 to 1970-01-01
+
+
+def _days_since_epoch(year: int, month: int, day: int) -> int:
+    """Days from 1970-01-01 to a proleptic Gregorian date; year 0 included (Python's
+    datetime stops at year 1, Go's time does not)."""
+    before = year - 1  # whole years before this one, counted from year 0 (a leap year)
+    days = 365 * year + before // 4 - before // 100 + before // 400 + 1
+    days += _DAYS_BEFORE_MONTH[month] + day - 1
+    if month > 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0):
+        days += 1
+    return days - _UNIX_EPOCH_DAYS
+
+
 def time_ns(stamp: str) -> int | None:
-    """An RFC 3339 time (as validated by sidecar.models) as integer nanoseconds since the
-    epoch, exact to the nanosecond agentapi writes; None for an impossible date. Strings
-    do not compare: Go drops trailing zeros ("…:05Z" vs "…:05.1Z") and offsets differ."""
-    try:
-        day = date(int(stamp[0:4]), int(stamp[5:7]), int(stamp[8:10])).toordinal()
-        hour, minute, second = int(stamp[11:13]), int(stamp[14:16]), int(stamp[17:19])
-    except ValueError:
+    """A time Coder takes (as validated by sidecar.models) as integer nanoseconds since
+    the epoch: the instant Go decodes (fraction cut to 9 digits, the offset subtracted),
+    exact for every year 0000-9999; None for anything else. Strings do not compare: Go
+    drops trailing zeros ("…:05Z" vs "…:05.1Z") and offsets differ."""
+    fields = _TIME_FIELDS.match(stamp)
+    if fields is None or _GO_TIME.match(stamp) is None:
         return None
-    rest = stamp[19:]
-    fraction = 0
-    if rest.startswith("."):
-        digits = len(rest) - len(rest[1:].lstrip("0123456789"))
-        fraction = int(rest[1:digits].ljust(9, "0"))
-        rest = rest[digits:]
-    offset = 0
-    if rest[:1] in ("+", "-"):
-        offset = (int(rest[1:3]) * 60 + int(rest[4:6])) * 60 * (1 if rest[0] == "+" else -1)
-    seconds = day * 86_400 + hour * 3600 + minute * 60 + second - offset
-    return seconds * 1_000_000_000 + fraction
+    year, month, day, hour, minute, second, fraction, sign, zone_h, zone_m = fields.groups()
+    seconds = (
+        _days_since_epoch(int(year), int(month), int(day)) * 86_400
+        + int(hour) * 3600
+        + int(minute) * 60
+        + int(second)
+    )
+    if sign is not None:
+        offset = (int(zone_h) * 60 + int(zone_m)) * 60
+        seconds -= offset if sign == "+" else -offset
+    nanos = int(fraction[:9].ljust(9, "0")) if fraction else 0
+    return seconds * 1_000_000_000 + nanos
 
 
 def validate_message(obj: object, content_field: str) -> Message | Invalid:
@@ -216,7 +270,7 @@ def _agent_error(obj: object) -> AgentError | Invalid:
         return Invalid("level", f"level {str(obj.get('level'))[:40]!r} is unknown")
     if not isinstance(message, str):
         return Invalid("content", "agent_error message is not a string")
-    if not isinstance(time, str) or _RFC3339.match(time) is None:
+    if not _valid_time(time):
         return Invalid("time", f"time {str(time)[:40]!r} is not RFC 3339")
     return AgentError(level=level, message=message, time=time)
 

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     agentapi_state_file: Path | None = None
     agentapi_pid_file: Path | None = None
 
-    sidecar_snapshot_interval: SnapshotInterval = 5.0
+    sidecar_snapshot_interval: SnapshotInterval = 30.0
     sidecar_snapshot_max_messages: Annotated[int, Field(gt=0, le=1000)] = 10
     # A lower ceiling may be configured (e.g. behind a proxy); never a higher one.
     sidecar_snapshot_max_bytes: Annotated[int, Field(ge=1024, le=SNAPSHOT_MAX_BYTES)] = (

@@ -1,5 +1,13 @@
 """The uploader decides when a snapshot is posted, and flushes it on stop.
 
+A snapshot is read only when a task is paused or its workspace is gone; while the agent
+works, Coder shows the live conversation. So the periodic post is insurance against an
+unclean death, paid for by the server (every POST upserts a row of up to 64 KiB): a turn
+that ended is posted promptly, a turn that streams at most once per interval, and a
+change that leaves the body as it was never. The first post after a start lands at a
+random point of the first interval, so a fleet that starts together does not post
+together.
+
 It holds one slot, not a queue: whatever it posts (first try or retry) is built from the
 mirror at that moment, so the server only ever receives the newest conversation. How an
 answer is acted on (retry, back-off, token re-read) is the shared `Delivery`'s business.
@@ -9,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import random
 import time
 from collections.abc import Callable
 from typing import Final, Protocol
@@ -117,6 +126,7 @@ class Uploader:
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
     ) -> None:
         self._client = client
         self._task_id = task_id
@@ -126,6 +136,8 @@ class Uploader:
         self._spool = spool
         self._max_bytes = max_bytes
         self._delivery = Delivery(events=_EVENTS, credentials=client, retry=retry, clock=clock)
+        # As if the last post went a random part of an interval ago.
+        self._delivery.sent_at(clock() - (rng or random.Random()).uniform(0.0, interval))
         self._clock = clock
         self._wall_clock = wall_clock
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -9,28 +10,49 @@ import aiohttp
 
 from sidecar.models import AgentStatus, Invalid, Message, parse_messages_body, parse_status_body
 
-# agentapi sends no keepalives: an idle agent is silent for hours, so the stream may have
-# no total or read timeout. Only connecting is bounded; liveness comes from EOF and the
-# periodic /status probe.
-_STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=None)
+_CONNECT_TIMEOUT = 5.0
 
 
 class AgentapiError(Exception):
     """agentapi could not be reached or answered unusably. `status` is the HTTP status when
-    there was one (404 on /events: an agentapi without the stream)."""
+    there was one (404 on /events: an agentapi without the stream). `stalled`: it accepted
+    the connection but sent no response in time (a hung agentapi, not an absent one)."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, *, stalled: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.stalled = stalled
 
 
 class AgentapiClient:
-    __slots__ = ("_base", "_session", "_timeout")
+    """`timeout` bounds each /status and /messages request; `stream_open_timeout` bounds
+    opening /events up to its response headers (agentapi answers at once when it is well)."""
 
-    def __init__(self, *, session: aiohttp.ClientSession, base_url: str, timeout: float = 5.0):
+    __slots__ = ("_base", "_open_timeout", "_session", "_stream_timeout", "_timeout")
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        timeout: float = 5.0,
+        stream_open_timeout: float = 10.0,
+    ):
+        if not stream_open_timeout > 0:
+            raise ValueError(f"stream_open_timeout must be > 0, got {stream_open_timeout}")
         self._session = session
         self._base = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._open_timeout = stream_open_timeout
+        # agentapi sends no keepalives: an idle agent is silent for hours, so once open the
+        # stream has no total or read timeout; liveness comes from EOF and the /status
+        # probe. A connect that times out means nothing answered (not a stall): it must
+        # fire before the open timeout does.
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=min(_CONNECT_TIMEOUT, stream_open_timeout / 2),
+            sock_read=None,
+        )
 
     @property
     def base_url(self) -> str:
@@ -60,14 +82,21 @@ class AgentapiClient:
 
     @asynccontextmanager
     async def events(self) -> AsyncIterator[AsyncIterator[bytes]]:
-        """Open /events and yield an iterator over raw chunks as they arrive."""
+        """Open /events and yield an iterator over raw chunks as they arrive. Raises
+        AgentapiError with `stalled` set when no response headers came in time."""
+        deadline = asyncio.timeout(self._open_timeout)
         try:
-            resp = await self._session.get(
-                self._base + "/events",
-                timeout=_STREAM_TIMEOUT,
-                headers={"Accept": "text/event-stream"},
-            )
+            async with deadline:
+                resp = await self._session.get(
+                    self._base + "/events",
+                    timeout=self._stream_timeout,
+                    headers={"Accept": "text/event-stream"},
+                )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            if deadline.expired():
+                raise AgentapiError(
+                    f"GET /events: no response within {self._open_timeout:g} s", stalled=True
+                ) from None
             raise AgentapiError(f"GET /events failed: {_describe(exc)}") from None
         try:
             if resp.status != 200:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Final
 
 import structlog
-import watchfiles
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +31,9 @@ async def watch_file(
     (re)starts, until `stop` is set. `on_change` must tolerate being called when nothing
     changed, and must not block the loop (file reads belong in a thread).
     `force_polling=None` lets watchfiles honour WATCHFILES_FORCE_POLLING."""
+    # Here, not at module level: `snapshot` and `stop` import this module but never watch.
+    import watchfiles
+
     directory, name = path.parent, path.name
     force = force_polling
     while not stop.is_set():

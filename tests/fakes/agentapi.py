@@ -18,7 +18,17 @@ server code:
 
 Mutators are plain synchronous methods; call them on the event loop's thread (from a
 test, a benchmark, or a handler). Knobs are public attributes that can be flipped at any
-time: `events_available`, `fail_requests`, `drop_every_k`.
+time: `events_available`, `fail_requests`, `drop_every_k`, and for a misbehaving agentapi:
+
+* `events_mode` (read when a `/events` request arrives): "normal"; "no_headers" (the
+  request is held, no response starts); "headers_then_silence" (headers, then nothing at
+  all, not even the replay); "endless_line" (the replay, then a `data:` line that never
+  ends, written as fast as the client reads). None of the three subscribes to events or
+  counts in `stream_connects`; `requests["/events"]` counts every request.
+* `hang_paths`: requests to these paths are held without an answer until
+  `release_hung()` (or until the client gives up); then they are answered normally.
+* `deliver_live`: False stops live events from reaching open streams (a subscriber
+  stuck inside agentapi); the replay of a new stream still carries the whole state.
 """
 
 from __future__ import annotations
@@ -37,11 +47,13 @@ from aiohttp import web
 
 from tests.fakes.server import Notifier, rfc3339, utc_now
 
-__all__ = ["AgentError", "AgentMessage", "FakeAgentapi"]
+__all__ = ["EVENTS_MODES", "AgentError", "AgentMessage", "FakeAgentapi"]
 
 SUBSCRIBER_BUFFER: Final = 1024  # agentapi's defaultSubscriptionBufSize
 MAX_STORED_ERRORS: Final = 100  # agentapi's maxStoredErrors
 _MAX_WRITE_BATCH: Final = 64  # frames per socket write; keeps the buffer semantics close
+EVENTS_MODES: Final = ("normal", "no_headers", "headers_then_silence", "endless_line")
+_ENDLESS_PIECE: Final = b"x" * 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +139,14 @@ class FakeAgentapi:
         self.events_available = True
         self.fail_requests = False
         self.drop_every_k: int | None = None
+        self.events_mode = "normal"
+        self.hang_paths: set[str] = set()
+        self.deliver_live = True
+        self._release = asyncio.Event()
         # counters
         self.requests: collections.Counter[str] = collections.Counter()
         self.stream_connects = 0
+        self.endless_bytes = 0  # bytes of endless `data:` lines written so far
         self.app = self._build_app()
 
     # --- state -----------------------------------------------------------------------
@@ -152,13 +169,21 @@ class FakeAgentapi:
 
     # --- mutators --------------------------------------------------------------------
 
-    def add_message(self, role: str, content: str, *, time: datetime | None = None) -> int:
-        """Append a message (any role, so tests can inject invalid ones); returns its id."""
+    def add_message(
+        self,
+        role: str,
+        content: str,
+        *,
+        time: datetime | None = None,
+        raw_time: str | None = None,
+    ) -> int:
+        """Append a message (any role, so tests can inject invalid ones); returns its id.
+        `raw_time` is sent as it is (a time no datetime can hold, e.g. February 30)."""
         message = AgentMessage(
             id=len(self._messages),
             role=role,
             content=content,
-            time=rfc3339(time or self._now()),
+            time=raw_time if raw_time is not None else rfc3339(time or self._now()),
         )
         self._messages.append(message)
         self._publish("message_update", message.as_message_update())
@@ -244,6 +269,11 @@ class FakeAgentapi:
             temp.unlink(missing_ok=True)
             raise
 
+    def release_hung(self) -> None:
+        """Let every request held by `hang_paths` or `events_mode` go on."""
+        self._release.set()
+        self._release = asyncio.Event()
+
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         """Wait until `predicate()` holds; re-checked on every request and every
         subscriber change. Raises TimeoutError naming the request counts."""
@@ -262,7 +292,7 @@ class FakeAgentapi:
         return {"status": self._status, "agent_type": self.agent_type}
 
     def _publish(self, event: str, data: dict[str, Any]) -> None:
-        if self._subscribers:
+        if self._subscribers and self.deliver_live:
             self._broadcast(sse_frame(event, data), counts=True)
 
     def _broadcast(self, frame: bytes, *, counts: bool) -> None:
@@ -296,6 +326,7 @@ class FakeAgentapi:
     async def _on_shutdown(self, _app: web.Application) -> None:
         # The process is going away: streams end without a clean terminating chunk.
         self.drop_streams(abort=True)
+        self.release_hung()
 
     @web.middleware
     async def _middleware(
@@ -305,6 +336,8 @@ class FakeAgentapi:
     ) -> web.StreamResponse:
         self.requests[request.path] += 1
         self._notifier.notify()
+        if request.path in self.hang_paths:
+            await self._release.wait()
         if self.fail_requests:
             return _problem(request, 500, "injected failure (fail_requests)")
         response: web.StreamResponse = await handler(request)
@@ -357,6 +390,8 @@ class FakeAgentapi:
         if not self.events_available:
             # an agentapi without /events: Go's mux answers a plain-text 404
             return web.Response(status=404, text="404 page not found\n")
+        if self.events_mode != "normal":
+            return await self._misbehave(request, self.events_mode)
         # Subscribe and snapshot the replay in one synchronous step, as agentapi does
         # under its lock: no event can fall between the replay and the live stream.
         replay = self._replay()
@@ -376,6 +411,28 @@ class FakeAgentapi:
         if sub.abort and request.transport is not None:
             request.transport.close()
         return response
+
+    async def _misbehave(self, request: web.Request, mode: str) -> web.StreamResponse:
+        if mode not in EVENTS_MODES:
+            raise ValueError(f"events_mode {mode!r} is not one of {EVENTS_MODES}")
+        if mode == "no_headers":
+            await self._release.wait()
+            return await self._get_events(request)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        if mode == "headers_then_silence":
+            await self._release.wait()
+            return response
+        await response.write(self._replay() + b"event: message_update\ndata: ")
+        # The client's reading paces the writes: memory here stays one piece.
+        try:
+            while True:
+                await response.write(_ENDLESS_PIECE)
+                self.endless_bytes += len(_ENDLESS_PIECE)
+        except ConnectionError:
+            return response  # the client gave up on the line, as it should
 
     async def _pump(self, sub: _Subscriber, response: web.StreamResponse) -> None:
         live = 0

@@ -62,8 +62,10 @@ RECORDED_HEADERS: Final = (
     "User-Agent",
 )
 
+# The shape Go's time.Parse(time.RFC3339, ...) reads; ranges are checked in _is_rfc3339.
 _RFC3339: Final = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.\d+)?(?:Z|[+-](\d{2}):(\d{2}))\Z"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{1,2}):([0-9]{2}):([0-9]{2})"
+    r"(?:[.,][0-9]+)?(?:Z|[+-]([0-9]{2}):([0-9]{2}))\Z"
 )
 
 FaultKind = Literal["fail", "redirect", "hang", "close"]
@@ -477,15 +479,27 @@ def _as_uuid(task: UUID | str | None, default: UUID) -> UUID:
 
 
 def _is_rfc3339(text: str) -> bool:
+    """Whether coderd takes `text` as a message time. It decodes it with Go's
+    time.Time.UnmarshalJSON, whose "strict" RFC 3339 checks are disabled (go.dev/issue/54580),
+    so Go's lax time.Parse(time.RFC3339, ...) decides: ASCII digits, 4-digit year 0000-9999,
+    month 01-12, a 2-digit day that exists in that month (leap years: year 0 is one), an hour
+    of one or two digits 0-23, minute and second 00-59 (no leap second), a fraction after `.`
+    or `,` of any length, then `Z` or ±hh:mm with hh <= 24 and mm <= 60. It then re-encodes
+    the payload, and Time.MarshalJSON refuses an offset of 24 hours or more (coderd answers
+    that with a 500; this fake refuses it with the decode's 400)."""
     match = _RFC3339.match(text)
     if match is None:
         return False
-    year, month, day, hour, minute, second, zone_h, zone_m = match.groups()
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    zone_h, zone_m = (int(g) if g is not None else 0 for g in match.groups()[6:])
+    if not 1 <= month <= 12 or hour > 23 or minute > 59 or second > 59:
+        return False
     try:
-        datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
+        # The Gregorian calendar repeats every 400 years: this also covers year 0.
+        datetime(2000 + year % 400, month, day)
     except ValueError:
         return False
-    return zone_h is None or (int(zone_h) < 24 and int(zone_m) < 60)
+    return zone_h <= 24 and zone_m <= 60 and zone_h * 60 + zone_m < 24 * 60
 
 
 # Field types as Go's encoding/json would enforce them for coderd's typed message struct:

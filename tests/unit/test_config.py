@@ -18,7 +18,7 @@ def test_defaults() -> None:
     assert s.coder_task_id is None
     assert s.coder_mcp_app_status_slug is None
     assert s.coder_mcp_ai_agentapi_url == "http://localhost:3284"
-    assert s.sidecar_snapshot_interval == 5
+    assert s.sidecar_snapshot_interval == 30
     assert s.sidecar_snapshot_max_messages == 10
     assert s.sidecar_snapshot_max_bytes == 65_536
     assert s.sidecar_shutdown_timeout == 10

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,7 @@ class RigFactory(Protocol):
         retry: RetryPolicy | None = None,
         spool: Spool | None = None,
         recovered: Spooled | None = None,
+        rng: random.Random | None = None,
     ) -> Rig: ...
 
 
@@ -148,6 +150,7 @@ async def make_rig(tmp_path: Path) -> AsyncIterator[RigFactory]:
         retry: RetryPolicy | None = None,
         spool: Spool | None = None,
         recovered: Spooled | None = None,
+        rng: random.Random | None = None,
     ) -> Rig:
         client = RecordingClient()
         mirror = Mirror(10)
@@ -162,6 +165,7 @@ async def make_rig(tmp_path: Path) -> AsyncIterator[RigFactory]:
             spool=spool,
             recovered=recovered,
             retry=retry or RetryPolicy(transient=Backoff(base=0.01, cap=0.05)),
+            rng=rng,
         )
         if start:
             tasks.append(asyncio.create_task(uploader.run()))
@@ -178,11 +182,50 @@ def body_of(*contents: str) -> bytes:
     return json.dumps({"messages": messages}, separators=(",", ":")).encode()
 
 
-async def test_first_change_is_posted_promptly(make_rig: RigFactory) -> None:
-    rig = make_rig(interval=30.0)
+async def test_the_first_post_after_a_start_comes_within_one_interval(
+    make_rig: RigFactory,
+) -> None:
+    rig = make_rig(interval=0.3)
     rig.put(0, "hello", "user")
     await rig.client.wait_posts(1)
     assert rig.client.contents() == ["hello"]
+
+
+async def test_a_turn_that_ended_is_posted_promptly_even_right_after_a_start(
+    make_rig: RigFactory,
+) -> None:
+    rig = make_rig(interval=600.0)
+    rig.put(0, "hello", "user")
+    rig.put(1, "Hi! Done.", urgent=True)
+    # The first post of a start is spread over the interval; a finished turn waits at
+    # most the one second that keeps a flapping status from flooding.
+    await rig.client.wait_posts(1)
+    assert rig.client.contents() == ["hello", "Hi! Done."]
+
+
+class Fixed(random.Random):
+    """A random source that always draws `fraction` of the range."""
+
+    def __init__(self, fraction: float) -> None:
+        super().__init__()
+        self.fraction = fraction
+
+    def uniform(self, a: float, b: float) -> float:
+        return a + (b - a) * self.fraction
+
+
+async def test_the_first_post_after_a_start_lands_where_the_random_draw_puts_it(
+    make_rig: RigFactory,
+) -> None:
+    # Two sidecars started together: one drew the start of its first interval, the
+    # other its end. The spread is what keeps a fleet that starts together apart.
+    late = make_rig(interval=0.5, rng=Fixed(0.0))
+    early = make_rig(interval=0.5, rng=Fixed(1.0))
+    late.put(0, "hello", "user")
+    early.put(0, "hello", "user")
+    await early.client.wait_posts(1)
+    assert late.client.bodies == []
+    await late.client.wait_posts(1)
 
 
 async def test_streaming_is_coalesced_and_latest_wins(make_rig: RigFactory) -> None:
@@ -323,7 +366,7 @@ async def test_empty_conversation_is_never_posted(make_rig: RigFactory) -> None:
 
 async def test_flush_delivers_newest_and_is_callable_twice(make_rig: RigFactory) -> None:
     rig = make_rig(interval=60.0)
-    rig.put(0, "first")
+    rig.put(0, "first", urgent=True)
     await rig.client.wait_posts(1)
     rig.put(1, "last words")  # inside the interval: not posted yet
     assert await rig.uploader.flush(2.0) is FlushOutcome.DELIVERED
@@ -497,3 +540,44 @@ async def test_a_server_that_gains_the_tasks_api_is_used_again(make_rig: RigFact
         "snapshot.posted",
         "snapshot.tasks_api_found",
     ]
+
+
+class FullDisk(Spool):
+    """A spool whose writes fail, as on a full disk, while removing still works."""
+
+    def save(self, body: bytes) -> bool:
+        return False
+
+
+class StuckFile(Spool):
+    """A spool whose file cannot be removed (a directory that turned read-only for
+    unlinks), while it can still be rewritten."""
+
+    def clear(self, *, reason: str | None = None) -> bool:
+        return False
+
+
+async def test_a_body_that_cannot_be_kept_takes_the_older_spool_with_it(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    older = Spool(tmp_path, TASK)
+    assert older.save(body_of("from the last run"))
+    spool = FullDisk(tmp_path, TASK)
+    rig = make_rig(interval=60.0, start=False, spool=spool, recovered=spool.load())
+    rig.client.script = [result(503)] * 1000
+    rig.put(0, "newer words that the full disk cannot keep")
+    assert await rig.uploader.flush(0.2) is FlushOutcome.LOST
+    # Left there, the older body would be delivered over the newer words at next start.
+    assert not spool.path.exists()
+
+
+async def test_a_spool_that_cannot_be_removed_is_overwritten_with_what_coder_holds(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    spool = StuckFile(tmp_path, TASK)
+    assert spool.save(body_of("from the last run"))
+    rig = make_rig(interval=60.0, start=False, spool=spool, recovered=spool.load())
+    rig.put(0, "newer, accepted")
+    assert await rig.uploader.flush(1.0) is FlushOutcome.DELIVERED
+    # The next start finds the body Coder already holds, never the older one.
+    assert spool.path.read_bytes() == rig.client.bodies[-1]

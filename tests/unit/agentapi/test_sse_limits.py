@@ -3,6 +3,7 @@ oversized frame is dropped (and reported), and the parser goes on with the next 
 
 from __future__ import annotations
 
+import random
 import tracemalloc
 
 import pytest
@@ -16,16 +17,16 @@ def feed(parser: SSEParser, *chunks: bytes) -> tuple[list[SSEEvent], int]:
     """Every frame the chunks produced (including those a FrameTooLarge carried) and
     how many times feed raised; checks the cap after every chunk."""
     out: list[SSEEvent] = []
-    raised = 0
+    limits: list[int] = []
     for chunk in chunks:
         try:
             out.extend(parser.feed(chunk))
         except FrameTooLarge as exc:
-            raised += 1
-            assert exc.limit == parser.max_frame
+            limits.append(exc.limit)
             out.extend(exc.frames)
         assert parser.buffered <= parser.max_frame
-    return out, raised
+    assert all(limit == parser.max_frame for limit in limits)
+    return out, len(limits)
 
 
 def split(blob: bytes, size: int) -> list[bytes]:
@@ -80,11 +81,15 @@ def test_unterminated_line_is_dropped_before_its_end_arrives() -> None:
     assert parser.dropped == 1
 
 
-def test_data_lines_accumulating_over_the_cap_drop_the_frame() -> None:
+@pytest.mark.parametrize("size", [None, 1, 50, 333])
+def test_data_lines_accumulating_over_the_cap_drop_the_frame(size: int | None) -> None:
+    # Each line is well under the cap; together they are ~3 times over it.
+    lines = b"".join(b"data: " + b"z" * 50 + b"\n" for _ in range(30))
+    blob = BEFORE + b"event: message_update\n" + lines + b"\n" + AFTER
     parser = SSEParser(max_frame=CAP)
-    lines = b"".join(b"data: " + b"z" * 50 + b"\n" for _ in range(30))  # ~3 x CAP in total
-    got, raised = feed(parser, BEFORE, b"event: message_update\n", lines, b"\n", AFTER)
+    got, raised = feed(parser, *([blob] if size is None else split(blob, size)))
     assert raised == 1
+    assert parser.dropped == 1
     assert got == [SSEEvent("message_update", "before"), SSEEvent("message_update", "after")]
 
 
@@ -101,6 +106,16 @@ def test_data_field_without_space_counts_too() -> None:
     got, raised = feed(parser, b"data:" + b"x" * CAP + b"\n\n" + AFTER)
     assert raised == 1
     assert got == [SSEEvent("message_update", "after")]
+
+
+@pytest.mark.parametrize("line", [b": comment ", b"event: ", b"id: ", b"retry: "])
+def test_any_long_line_counts_whole_or_pending(line: bytes) -> None:
+    blob = line + b"c" * CAP + b"\ndata: x\n\n" + AFTER
+    for size in (None, 100):
+        parser = SSEParser(max_frame=CAP)
+        got, _ = feed(parser, *([blob] if size is None else split(blob, size)))
+        assert parser.dropped == 1, f"chunks of {size}"
+        assert got == [SSEEvent("message_update", "after")]
 
 
 def test_huge_comment_line_counts_while_pending() -> None:
@@ -208,3 +223,35 @@ def test_a_line_trickling_in_tiny_chunks_costs_no_object_per_chunk() -> None:
 def test_the_cap_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_frame"):
         SSEParser(max_frame=0)
+
+
+def _random_stream(rng: random.Random) -> bytes:
+    parts: list[bytes] = []
+    for _ in range(rng.randint(1, 12)):
+        kind = rng.random()
+        if kind < 0.4:
+            parts.append(frame("v" * rng.randint(0, 2 * CAP)))
+        elif kind < 0.6:
+            lines = b"".join(b"data: " + b"w" * rng.randint(0, 120) + b"\n" for _ in range(12))
+            parts.append(lines + b"\n")
+        elif kind < 0.8:
+            parts.append(b": " + b"c" * rng.randint(0, 2 * CAP) + b"\n")
+        else:
+            parts.append(frame("small", event="status_change"))
+    eol = rng.choice([b"\n", b"\r\n", b"\r"])
+    return b"".join(parts).replace(b"\n", eol)
+
+
+def test_random_streams_drop_the_same_frames_however_they_are_chunked() -> None:
+    rng = random.Random(20241201)
+    for _ in range(300):
+        blob = _random_stream(rng)
+        whole = SSEParser(max_frame=CAP)
+        expected, _ = feed(whole, blob)
+        cuts = sorted(rng.sample(range(len(blob) + 1), k=min(len(blob) + 1, rng.randint(1, 40))))
+        chunks = [blob[a:b] for a, b in zip([0, *cuts], [*cuts, len(blob)], strict=True)]
+        parser = SSEParser(max_frame=CAP)
+        got, _ = feed(parser, *chunks)
+        assert (got, parser.dropped) == (expected, whole.dropped), blob[:200]
+        # Nothing over the cap ever came out.
+        assert all(len(e.data) <= CAP for e in got)
