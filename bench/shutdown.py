@@ -52,7 +52,7 @@ from pathlib import Path
 import _common  # first: puts the repo root on sys.path
 import aiohttp
 
-from tests.e2e.harness import SidecarProcess, base_env, sidecar_command
+from tests.e2e.harness import SidecarProcess, base_env, end_the_turn, sidecar_command
 from tests.fakes.agentapi import FakeAgentapi
 from tests.fakes.agentapi_process import read_journal
 from tests.fakes.coder import FakeCoder
@@ -279,9 +279,13 @@ async def settle_daemon(
     """Start the daemon (`run`, interval 600 s) and bring it where a shutdown finds it: its
     first snapshot stored, then the case's change received and not posted. Returns the
     accepted POSTs so far."""
+    # The first post of a start is spread over the interval; a turn that ends is posted
+    # within a second: the settled conversation arrives as a turn that ends.
+    agentapi.set_status("running")
     await proc.start()
     assert proc.proc is not None
     _common.track(proc.proc)
+    await end_the_turn(agentapi)
     await coder.wait_for(lambda: bool(coder.accepted_snapshot_posts()), STEP_TIMEOUT)
     listening = await proc.wait_log("health.listening", STEP_TIMEOUT)
     http = f"http://127.0.0.1:{listening['port']}"

@@ -14,9 +14,8 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from sidecar.settings import Settings
@@ -78,9 +77,9 @@ def unknown_variables(env: Mapping[str, str]) -> list[tuple[str, str | None]]:
     return unknown(env)
 
 
-@dataclass(frozen=True, slots=True)
-class StopConfig:
-    """What `stop` needs before it knows whether it needs anything more."""
+class StopConfig(NamedTuple):
+    """What `stop` needs before it knows whether it needs anything more. (A NamedTuple:
+    the dataclasses module costs the hook a few milliseconds to import.)"""
 
     state_dir: Path
     agentapi_pid_file: Path | None

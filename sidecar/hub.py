@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import structlog
 
@@ -23,10 +23,6 @@ from sidecar.models import (
     ReplayStarted,
     StateFileRead,
 )
-from sidecar.uploader import Uploader
-
-if TYPE_CHECKING:
-    from sidecar.relay.delivery import Relay
 
 log = structlog.get_logger(__name__)
 
@@ -36,11 +32,25 @@ log = structlog.get_logger(__name__)
 RECEIPT_LAG_S = 1.0
 
 
+class SnapshotSink(Protocol):
+    """What the hub needs of sidecar.uploader.Uploader."""
+
+    def notify(self, *, urgent: bool = False) -> None: ...
+
+
+class StatusSink(Protocol):
+    """What the hub needs of sidecar.relay.delivery.Relay."""
+
+    def observe(self, event: Event) -> None: ...
+
+    def set_agent_reachable(self, reachable: bool) -> None: ...
+
+
 @dataclass(slots=True)
 class Hub:
     mirror: Mirror
-    uploader: Uploader | None
-    relay: Relay | None
+    uploader: SnapshotSink | None
+    relay: StatusSink | None
     wall_clock: Callable[[], float] = time.time
     reachable: bool = False
     first_contact: asyncio.Event = field(default_factory=asyncio.Event)
@@ -64,9 +74,17 @@ class Hub:
             self.held_at = self.wall_clock()
 
     def _apply(self, event: Event) -> None:
+        before = self.mirror.status
         change = self.mirror.apply(event)
         if self.uploader is not None and change:
-            turn_ended = change.status and self.mirror.status is AgentStatus.STABLE
+            # Only running → stable ends a turn. The first status after a start is no
+            # turn's end: counted as one, a fleet that starts together would post
+            # together, past the uploader's spread of its first post.
+            turn_ended = (
+                change.status
+                and before is AgentStatus.RUNNING
+                and self.mirror.status is AgentStatus.STABLE
+            )
             if change.messages or turn_ended:
                 self.uploader.notify(urgent=turn_ended)
         if self.relay is not None:

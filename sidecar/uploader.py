@@ -5,7 +5,7 @@ works, Coder shows the live conversation. So the periodic post is insurance agai
 unclean death, paid for by the server (every POST upserts a row of up to 64 KiB): a turn
 that ended is posted promptly, a turn that streams at most once per interval, and a
 change that leaves the body as it was never. The first post after a start lands at a
-random point of the first interval, so a fleet that starts together does not post
+random point of the first two intervals, so a fleet that starts together does not post
 together.
 
 It holds one slot, not a queue: whatever it posts (first try or retry) is built from the
@@ -42,6 +42,8 @@ log = structlog.get_logger(__name__)
 
 # A turn that ended is posted promptly, but a flapping status must still not flood.
 _URGENT_MIN_GAP: Final = 1.0
+# How many intervals the first post after a start is spread over.
+_FIRST_POST_SPREAD: Final = 2.0
 
 _EVENTS: Final = SinkEvents(
     prefix="snapshot",
@@ -94,6 +96,7 @@ class Uploader:
         "_closing",
         "_delivery",
         "_dirty",
+        "_first_due",
         "_interval",
         "_last_accepted",
         "_max_bytes",
@@ -136,8 +139,12 @@ class Uploader:
         self._spool = spool
         self._max_bytes = max_bytes
         self._delivery = Delivery(events=_EVENTS, credentials=client, retry=retry, clock=clock)
-        # As if the last post went a random part of an interval ago.
-        self._delivery.sent_at(clock() - (rng or random.Random()).uniform(0.0, interval))
+        # The first periodic post lands at a random point of the first two intervals (a
+        # finished turn or a stop does not wait for it): spread over one, a fleet that
+        # starts together still had seconds with over 5 % of it posting
+        # (bench/server_load.py).
+        spread = _FIRST_POST_SPREAD * interval
+        self._first_due = clock() + (rng or random.Random()).uniform(0.0, spread)
         self._clock = clock
         self._wall_clock = wall_clock
 
@@ -215,8 +222,11 @@ class Uploader:
         while not self._closing:
             wait: float | None = None
             if self._dirty:
-                gap = min(_URGENT_MIN_GAP, self._interval) if self._urgent else self._interval
-                wait = self._delivery.ready_at(gap) - self._clock()
+                if self._urgent:
+                    due = self._delivery.ready_at(min(_URGENT_MIN_GAP, self._interval))
+                else:
+                    due = max(self._delivery.ready_at(self._interval), self._first_due)
+                wait = due - self._clock()
             if wait is None or wait > 0:
                 self._wake.clear()
                 await wait_event(self._wake, wait)

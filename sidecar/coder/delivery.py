@@ -154,10 +154,6 @@ class Delivery:
 
     # --- one attempt ----------------------------------------------------------------------
 
-    def sent_at(self, when: float) -> None:
-        """Count the last attempt as made at `when` (a start that spreads its first one)."""
-        self._last_sent_at = when
-
     def sending(self) -> int:
         """An attempt starts now; its number in the current run of failures, from 1."""
         self._last_sent_at = self._clock()

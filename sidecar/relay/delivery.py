@@ -8,13 +8,14 @@ against what the server last *accepted*, so a reconnect's replay re-sends nothin
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
 from typing import Final, Protocol
 
 import structlog
 
-from sidecar.backoff import Deadline
+from sidecar.backoff import Backoff, Deadline
 from sidecar.coder.client import Outcome, Result
 from sidecar.coder.delivery import Decision, Delivery, SinkEvents, Step, wait_event
 from sidecar.coder.retry import RetryPolicy
@@ -24,7 +25,7 @@ from sidecar.relay.policy import ErrorNews, RelayPolicy, StatusReport
 from sidecar.runtime.metrics import Metrics
 from sidecar.summary import fit_bytes
 
-__all__ = ["Relay", "StatusClient"]
+__all__ = ["Relay", "StatusClient", "retry_policy"]
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +40,14 @@ _EVENTS: Final = SinkEvents(
     not_found_hint="Coder does not know the app-status endpoint (too old?) or a proxy is in "
     "the way",
 )
+
+
+def retry_policy(rng: random.Random | None = None) -> RetryPolicy:
+    """The relay's default schedule. A status is cheap to send late (the newest one wins)
+    and the server inserts a row for every attempt: retries start slower than a
+    snapshot's, so that after an outage a fleet's relays come back spread over a minute
+    rather than in step."""
+    return RetryPolicy(transient=Backoff(base=5.0, cap=60.0, rng=rng))
 
 
 class StatusClient(Protocol):
@@ -101,7 +110,9 @@ class Relay:
         self._metrics = metrics
         self._grace = grace
         self._min_interval = min_interval
-        self._delivery = Delivery(events=_EVENTS, credentials=client, retry=retry, clock=clock)
+        self._delivery = Delivery(
+            events=_EVENTS, credentials=client, retry=retry or retry_policy(), clock=clock
+        )
         self._idle_settle = idle_settle
         self._clock = clock
 

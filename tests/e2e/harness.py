@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.fakes.agentapi import FakeAgentapi
 from tests.fakes.coder import FakeCoder
 from tests.fakes.server import Served
 from tests.tools import sidecar_command
@@ -49,6 +50,14 @@ def sidecar_env(
     }
     settings.update(overrides)
     return base_env(tmp_path, **settings)
+
+
+async def end_the_turn(agentapi: FakeAgentapi) -> None:
+    """The agent turns stable once the sidecar listens: a turn's end, which is posted
+    within a second whatever the interval (the first post of a start is otherwise
+    spread over the first interval)."""
+    await agentapi.wait_for_subscribers(1, timeout=10)
+    agentapi.set_status("stable")
 
 
 def stored_contents(coder: FakeCoder) -> list[str] | None:
@@ -157,6 +166,7 @@ async def run_to_exit(
 __all__ = [
     "SidecarProcess",
     "base_env",
+    "end_the_turn",
     "run_to_exit",
     "sidecar_command",
     "sidecar_env",

@@ -9,7 +9,13 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import SidecarFactory
-from tests.e2e.harness import SidecarProcess, base_env, sidecar_env, stored_contents
+from tests.e2e.harness import (
+    SidecarProcess,
+    base_env,
+    end_the_turn,
+    sidecar_env,
+    stored_contents,
+)
 from tests.fakes.agentapi import FakeAgentapi
 from tests.fakes.coder import FakeCoder
 from tests.fakes.server import Served
@@ -66,6 +72,7 @@ async def test_sigterm_posts_the_newest_content_and_exits_zero(
 ) -> None:
     agentapi, coder = fake_agentapi.fake, fake_coder.fake
     agentapi.add_message("user", "Summarize the repo")
+    agentapi.set_status("running")
     http = "127.0.0.1:0"
     proc = await start_sidecar(
         sidecar_env(
@@ -76,6 +83,7 @@ async def test_sigterm_posts_the_newest_content_and_exits_zero(
             SIDECAR_HTTP_ADDR=http,
         )
     )
+    await end_the_turn(agentapi)
     await coder.wait_for(lambda: stored_contents(coder) == ["Summarize the repo"], timeout=10)
     listening = await proc.wait_log("health.listening")
     url = f"http://127.0.0.1:{listening['port']}"
@@ -99,6 +107,7 @@ async def test_sigterm_after_agentapi_died_still_posts_last_known_conversation(
 ) -> None:
     agentapi, coder = fake_agentapi.fake, fake_coder.fake
     agentapi.add_message("user", "Write a haiku")
+    agentapi.set_status("running")
     proc = await start_sidecar(
         sidecar_env(
             tmp_path,
@@ -108,6 +117,7 @@ async def test_sigterm_after_agentapi_died_still_posts_last_known_conversation(
             SIDECAR_HTTP_ADDR="127.0.0.1:0",
         )
     )
+    await end_the_turn(agentapi)
     await coder.wait_for(lambda: stored_contents(coder) == ["Write a haiku"], timeout=10)
     listening = await proc.wait_log("health.listening")
     agentapi.add_message("agent", "Old pond / a frog jumps in / sound of water")

@@ -20,7 +20,14 @@ import pytest
 
 from tests.conftest import CoderFactory
 from tests.e2e.conftest import SidecarFactory
-from tests.e2e.harness import SidecarProcess, base_env, run_to_exit, sidecar_env, stored_contents
+from tests.e2e.harness import (
+    SidecarProcess,
+    base_env,
+    end_the_turn,
+    run_to_exit,
+    sidecar_env,
+    stored_contents,
+)
 from tests.fakes.agentapi import FakeAgentapi
 from tests.fakes.coder import FakeCoder
 from tests.fakes.server import Served
@@ -207,7 +214,9 @@ async def test_check_fails_naming_the_redirect(
 
 async def test_sighup_is_a_stop_request_with_the_final_flush(rig: Rig) -> None:
     rig.agentapi.fake.add_message("user", "hello")
+    rig.agentapi.fake.set_status("running")
     await rig.start_sidecar(SIDECAR_SNAPSHOT_INTERVAL="600")
+    await end_the_turn(rig.agentapi.fake)
     await rig.wait_truth()
     async with rig.seen(1):
         # Not posted yet: a message while the agent works waits for the (long) interval.

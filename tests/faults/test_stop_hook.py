@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import pytest
 
-from tests.e2e.harness import SidecarProcess, run_to_exit, stored_contents
+from tests.e2e.harness import SidecarProcess, end_the_turn, run_to_exit, stored_contents
 from tests.fakes.agentapi_process import read_journal
 from tests.faults.rig import Rig
 
@@ -103,7 +103,9 @@ async def test_with_the_daemon_running_and_agentapi_gone_stop_stores_the_daemons
     rig: Rig,
 ) -> None:
     rig.agentapi.fake.add_message("user", "fix the flaky test")
+    rig.agentapi.fake.set_status("running")
     daemon = await rig.start_sidecar(SIDECAR_SNAPSHOT_INTERVAL="600")
+    await end_the_turn(rig.agentapi.fake)
     await rig.wait_truth()
     async with rig.seen(1):
         rig.agentapi.fake.add_message("agent", "Fixed: the test waited on a timer.")

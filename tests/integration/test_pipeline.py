@@ -24,6 +24,7 @@ from sidecar.coder.retry import RetryPolicy
 from sidecar.coder.token import TokenSource
 from sidecar.hub import Hub
 from sidecar.mirror import Mirror
+from sidecar.models import AgentStatus
 from sidecar.runtime.metrics import Metrics
 from sidecar.spool import Spool
 from sidecar.uploader import Uploader
@@ -179,12 +180,13 @@ async def test_streaming_updates_are_coalesced(make_pipeline: PipelineFactory) -
 async def test_turn_end_is_posted_promptly(make_pipeline: PipelineFactory) -> None:
     p = await make_pipeline(interval=30)
     fake = p.agentapi.fake
-    fake.add_message("user", "q")
-    await p.wait_stored(p.truth)
     fake.set_status("running")
+    fake.add_message("user", "q")
+    await fake.wait_for(lambda: p.mirror.status is AgentStatus.RUNNING)
     fake.add_message("agent", "answer")
     fake.set_status("stable")
-    # Far inside the 30 s interval, the finished turn is still delivered.
+    # Far inside the 30 s interval (the first post of a start may come at any point of
+    # it), the finished turn is delivered.
     await p.wait_stored(p.truth, timeout=3)
 
 

@@ -183,3 +183,52 @@ def test_an_empty_replay_does_not_make_the_held_one_newer() -> None:
     hub.on_reachable(False)
     hub.on_statefile(read(1050.0, "spooled", "saved later"))
     assert contents(hub) == ["spooled", "saved later"]
+
+
+class Nudges:
+    """The uploader's side of the hub: each notify, and whether it was urgent."""
+
+    def __init__(self) -> None:
+        self.calls: list[bool] = []
+
+    def notify(self, *, urgent: bool = False) -> None:
+        self.calls.append(urgent)
+
+
+def with_uploader() -> tuple[Hub, Nudges]:
+    nudges = Nudges()
+    return Hub(mirror=Mirror(10), uploader=nudges, relay=None), nudges
+
+
+def test_the_first_status_after_a_start_is_no_turn_end() -> None:
+    # Counted as one, every sidecar of a fleet that starts together would post at once.
+    hub, nudges = with_uploader()
+    hub.on_reachable(True)
+    for event in (ReplayStarted(), MessageUpdate(msg(0, "done")), StatusChange(AgentStatus.STABLE)):
+        hub.on_event(event)
+    assert nudges.calls == [False]
+
+
+def test_running_then_stable_is_a_turn_end() -> None:
+    hub, nudges = with_uploader()
+    hub.on_event(StatusChange(AgentStatus.RUNNING))
+    hub.on_event(MessageUpdate(msg(0, "working")))
+    hub.on_event(StatusChange(AgentStatus.STABLE))
+    assert nudges.calls == [False, True]
+
+
+def test_a_turn_that_ended_while_disconnected_is_a_turn_end() -> None:
+    hub, nudges = with_uploader()
+    hub.on_event(StatusChange(AgentStatus.RUNNING))
+    hub.on_reachable(False)
+    hub.on_reachable(True)
+    for event in (ReplayStarted(), MessageUpdate(msg(0, "done")), StatusChange(AgentStatus.STABLE)):
+        hub.on_event(event)
+    assert nudges.calls == [True]
+
+
+def test_a_status_that_does_not_change_nudges_nothing() -> None:
+    hub, nudges = with_uploader()
+    hub.on_event(StatusChange(AgentStatus.STABLE))
+    hub.on_event(StatusChange(AgentStatus.STABLE))
+    assert nudges.calls == []

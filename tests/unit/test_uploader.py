@@ -182,7 +182,7 @@ def body_of(*contents: str) -> bytes:
     return json.dumps({"messages": messages}, separators=(",", ":")).encode()
 
 
-async def test_the_first_post_after_a_start_comes_within_one_interval(
+async def test_the_first_post_after_a_start_comes_within_two_intervals(
     make_rig: RigFactory,
 ) -> None:
     rig = make_rig(interval=0.3)
@@ -217,10 +217,10 @@ class Fixed(random.Random):
 async def test_the_first_post_after_a_start_lands_where_the_random_draw_puts_it(
     make_rig: RigFactory,
 ) -> None:
-    # Two sidecars started together: one drew the start of its first interval, the
-    # other its end. The spread is what keeps a fleet that starts together apart.
-    late = make_rig(interval=0.5, rng=Fixed(0.0))
-    early = make_rig(interval=0.5, rng=Fixed(1.0))
+    # Two sidecars started together: one drew the start of the first two intervals, the
+    # other their end. The spread is what keeps a fleet that starts together apart.
+    early = make_rig(interval=0.5, rng=Fixed(0.0))
+    late = make_rig(interval=0.5, rng=Fixed(1.0))
     late.put(0, "hello", "user")
     early.put(0, "hello", "user")
     await early.client.wait_posts(1)
