@@ -65,7 +65,9 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     if not value:
         return None
     if _DELTA_SECONDS.match(value):
-        # Compare as text length first: int() of a huge digit string is slow.
+        # Compare as text length first: int() of a huge digit string is slow. Leading
+        # zeros say nothing ("0000000000005" is 5 s).
+        value = value.lstrip("0") or "0"
         if len(value) > 12:
             return MAX_RETRY_AFTER
         return min(float(int(value)), MAX_RETRY_AFTER)

@@ -148,6 +148,9 @@ Event: TypeAlias = ReplayStarted | MessageUpdate | StatusChange | AgentError | C
 
 
 _last_valid_time: str | None = None
+# Go reads a fraction of any length, but agentapi writes at most 35 characters: a longer
+# time is no agentapi's, and one of 64 KiB would leave a snapshot no room at all.
+_TIME_MAX_CHARS: Final = 64
 
 
 def _valid_time(time: object) -> TypeGuard[str]:
@@ -157,7 +160,7 @@ def _valid_time(time: object) -> TypeGuard[str]:
     global _last_valid_time
     if time is not None and time == _last_valid_time:
         return True
-    if isinstance(time, str) and _GO_TIME.match(time) is not None:
+    if isinstance(time, str) and len(time) <= _TIME_MAX_CHARS and _GO_TIME.match(time):
         _last_valid_time = time
         return True
     return False
@@ -184,7 +187,7 @@ def time_ns(stamp: str) -> int | None:
     exact for every year 0000-9999; None for anything else. Strings do not compare: Go
     drops trailing zeros ("…:05Z" vs "…:05.1Z") and offsets differ."""
     fields = _TIME_FIELDS.match(stamp)
-    if fields is None or _GO_TIME.match(stamp) is None:
+    if fields is None or not _valid_time(stamp):
         return None
     year, month, day, hour, minute, second, fraction, sign, zone_h, zone_m = fields.groups()
     seconds = (

@@ -99,7 +99,7 @@ def _fit_newest(message: Message, max_bytes: int) -> bytes:
     total = len(content)
 
     def body(keep: int) -> bytes:
-        tail = content[total - keep :] if keep else ""
+        tail = content[total - keep :]
         cut = message._replace(content=marker(total - keep) + tail)
         return _PREFIX + _encode_one(cut) + _SUFFIX
 
@@ -119,6 +119,8 @@ def _fit_newest(message: Message, max_bytes: int) -> bytes:
     hi = min(total, room + len(str(total)))
     if lo:
         best = body(lo)
+        # Each further code point costs at least a byte (less a marker digit).
+        hi = min(hi, lo + max_bytes - len(best) + len(str(total)))
     # Search with a guess from the density measured so far (terminal text is nearly
     # uniform, so it usually lands within a few code points), falling back to halving
     # whenever the guess would not shrink the range enough.

@@ -239,6 +239,8 @@ class Delivery:
                 return Step.RETRY
             if wait > 0:
                 await asyncio.sleep(wait)
+                if deadline.expired():  # a loop that overslept: no attempt past it
+                    return Step.RETRY
             try:
                 async with asyncio.timeout(deadline.remaining()):
                     decision = await attempt()

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import math
 import random
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -117,6 +119,37 @@ def test_retry_after_obsolete_date_formats(value: str) -> None:
     assert parse_retry_after(value, now=NOW) == pytest.approx(30.0)
 
 
+def test_retry_after_seconds_with_leading_zeros_are_read_as_a_number() -> None:
+    # Twelve characters, so the shortcut for absurdly long values must not take it.
+    assert parse_retry_after("000000000005", now=NOW) == 5.0
+
+
+def test_retry_after_date_with_a_numeric_offset_is_read_at_that_offset() -> None:
+    # RFC 9110 wants GMT, but a server that sends an offset means that instant.
+    assert parse_retry_after("Sat, 01 Mar 2025 13:01:30 +0100", now=NOW) == pytest.approx(90.0)
+
+
+@pytest.fixture
+def local_zone_east_of_utc() -> Iterator[None]:
+    """The process's local time zone is UTC+05:30 (a POSIX TZ string: no tzdata needed)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TZ", "IST-5:30")
+        time.tzset()
+        yield
+    time.tzset()
+
+
+@pytest.mark.usefixtures("local_zone_east_of_utc")
+@pytest.mark.parametrize(
+    "value",
+    ["Sat Mar  1 12:00:30 2025", "Sat, 01 Mar 2025 12:00:30 -0000"],
+    ids=["asctime", "minus-zero"],
+)
+def test_retry_after_date_without_a_zone_is_gmt_not_local_time(value: str) -> None:
+    assert time.localtime(NOW).tm_gmtoff == 5 * 3600 + 30 * 60
+    assert parse_retry_after(value, now=NOW) == pytest.approx(30.0)
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -177,3 +210,9 @@ def test_deadline_default_clock_is_monotonic() -> None:
     deadline = Deadline(3600.0)
     assert 3590.0 < deadline.remaining() <= 3600.0
     assert not deadline.expired()
+
+
+def test_leading_zeros_of_delta_seconds_say_nothing() -> None:
+    # Thirteen characters, five seconds: the length shortcut must not read it as huge.
+    assert parse_retry_after("0000000000005", now=0.0) == 5.0
+    assert parse_retry_after("0" * 40, now=0.0) == 0.0

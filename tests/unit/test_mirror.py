@@ -158,6 +158,34 @@ def test_rejects_nonpositive_window() -> None:
         Mirror(0)
 
 
+def test_a_window_of_one_holds_the_newest_message() -> None:
+    mirror = Mirror(1)
+    for i in range(3):
+        assert mirror.apply(MessageUpdate(msg(i)))
+    assert [m.id for m in mirror.messages()] == [2]
+
+
+def test_a_new_mirror_knows_no_status_and_no_message() -> None:
+    mirror = Mirror(5)
+    assert mirror.status is None
+    assert mirror.empty
+    assert mirror.messages() == []
+    assert mirror.version == 0
+
+
+def test_live_updates_apply_at_once_after_a_replay_ends() -> None:
+    mirror = Mirror(5)
+    replay(mirror, [msg(0)], AgentStatus.RUNNING)
+    change = mirror.apply(MessageUpdate(msg(1)))
+    assert change.messages
+    assert [m.id for m in mirror.messages()] == [0, 1]
+
+
+def test_an_unknown_event_is_a_type_error_naming_it() -> None:
+    with pytest.raises(TypeError, match="unknown event 'bogus'"):
+        Mirror(5).apply("bogus")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("held", "other", "covered"),
     [
@@ -172,6 +200,7 @@ def test_rejects_nonpositive_window() -> None:
         ([msg(0)], [msg(0), msg(1)], False),  # a message the mirror lacks
         ([msg(7), msg(8), msg(9)], [msg(2), msg(8), msg(9)], True),  # 2 fell out of the window
         ([msg(8), msg(9)], [msg(2), msg(8), msg(9)], False),  # window not full: 2 is missing
+        ([msg(7), msg(8), msg(9)], [msg(2), msg(10)], False),  # past an old one: 10 is new
     ],
 )
 def test_covers_only_what_adds_nothing(

@@ -277,6 +277,92 @@ def test_large_messages_are_fast(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cost(giant(20_000_000)) < 2 * cost(giant(2_000_000))
 
 
+# --- build: the cut at its edges --------------------------------------------------------
+
+
+def time_with_length(length: int) -> str:
+    """A time Coder takes (Go reads a fraction of any length) that is `length` long."""
+    head = "2024-05-01T12:00:00."
+    assert length > len(head) + 1
+    return head + "0" * (length - len(head) - 1) + "Z"
+
+
+def marker_only_time(content: str, size: int) -> str:
+    """The time that makes `content` cut down to the bare marker exactly `size` bytes."""
+    bare = len(encode([msg(1, marker(len(content)), time=time_with_length(30))]))
+    return time_with_length(30 + size - bare)
+
+
+def fitted_reference(message: Message, max_bytes: int) -> bytes:
+    """The body with the longest tail of `message` that fits, by trying every length."""
+    content, total = message.content, len(message.content)
+    for keep in range(total, -1, -1):
+        cut = message._replace(content=marker(total - keep) + content[total - keep :])
+        if len(body := encode([cut])) <= max_bytes:
+            return body
+    raise AssertionError("not even the marker fits")
+
+
+def test_metadata_that_exactly_fills_the_limit_keeps_the_bare_marker() -> None:
+    content = "z" * 5000
+    time = marker_only_time(content, 1100)
+    bare = encode([msg(1, marker(5000), time=time)])
+    assert len(bare) == 1100
+    assert build([msg(1, content, time=time)], max_messages=1, max_bytes=1100) == bare
+    with pytest.raises(ValueError, match="does not fit"):
+        build([msg(1, content, time=time)], max_messages=1, max_bytes=1099)
+
+
+@pytest.mark.parametrize("room", range(16))
+@pytest.mark.parametrize(
+    "content",
+    [
+        "x" * 1000,  # one kept character takes a digit off the marker's count
+        "x" * 1234,
+        "€" * 700,
+        "\x01" * 500,
+        "ab€😀\x01" * 300,
+    ],
+    ids=["ascii-1000", "ascii", "euro", "control", "mixed"],
+)
+def test_cut_is_exact_when_only_a_few_bytes_are_left(room: int, content: str) -> None:
+    # The marker alone leaves `room` bytes: too few for the search's first guess.
+    time = marker_only_time(content, 1024 - room)
+    message = msg(1, content, time=time)
+    assert build([message], max_messages=1, max_bytes=1024) == fitted_reference(message, 1024)
+
+
+@pytest.mark.parametrize(
+    ("content", "max_bytes"),
+    [
+        ("x" * 1_000_000, SNAPSHOT_MAX_BYTES),
+        ("€" * 300_000, SNAPSHOT_MAX_BYTES),
+        (("a" * 50 + "€" * 50) * 5_000, SNAPSHOT_MAX_BYTES),
+        ("y" * 5_000, MIN_MAX_BYTES),
+    ],
+    ids=["ascii", "euro", "alternating", "ascii-at-the-minimum"],
+)
+def test_cutting_even_text_takes_fewer_encodes_than_a_bisection(
+    monkeypatch: pytest.MonkeyPatch, content: str, max_bytes: int
+) -> None:
+    # The search guesses from the density measured so far, so on text of even density it
+    # lands within a few probes: at most half of the log2(max_bytes) steps a bisection
+    # would take, plus the bare marker and the first lower bound.
+    real = snapshot._encode_one
+    calls = 0
+
+    def counting(message: Message) -> bytes:
+        nonlocal calls
+        calls += 1
+        return real(message)
+
+    monkeypatch.setattr(snapshot, "_encode_one", counting)
+    body = build([msg(1, content)], max_messages=1, max_bytes=max_bytes)
+    assert body is not None
+    assert len(body) > max_bytes - 4  # the cut is still the longest that fits
+    assert calls <= 2 + (max_bytes.bit_length() - 1) // 2
+
+
 # --- build: properties ------------------------------------------------------------------
 
 TIMES = [T, "2024-05-01T12:00:00Z", "2023-12-31T23:59:59.5+05:30", "1999-01-01T00:00:00-08:00"]

@@ -471,3 +471,15 @@ def test_messages_body_and_state_file_drop_the_same_times() -> None:
         good, bad = parsed
         assert [m.id for m in good] == [0, 3]
         assert [b.reason for b in bad] == ["time", "time"]
+
+
+def test_a_time_longer_than_agentapi_ever_writes_is_refused() -> None:
+    # Go reads a fraction of any length; agentapi writes at most 35 characters, and a
+    # time of kilobytes would leave a snapshot no room for the message it belongs to.
+    longest = "2025-06-01T10:00:00." + "1" * 38 + "+05:30"
+    assert len(longest) == 64
+    assert accepted(longest)
+    too_long = longest[:20] + "1" + longest[20:]
+    assert go_parse(too_long) is not None
+    assert not accepted(too_long)
+    assert time_ns(too_long) is None

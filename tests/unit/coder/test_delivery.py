@@ -327,3 +327,71 @@ async def test_settle_keeps_the_gap_between_attempts() -> None:
 
     assert await delivery.settle(attempt, Deadline(5.0), gap=0.2) is Step.ACCEPTED
     assert started[1] - started[0] >= 0.2
+
+
+# --- what each failure line carries ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status", "event"),
+    [
+        (Outcome.RETRY, 503, "thing.retry"),
+        (Outcome.NOT_FOUND, 404, "thing.not_found"),
+        (Outcome.NO_ROUTE, 404, "thing.no_route"),
+        (Outcome.REDIRECT, 308, "thing.redirected"),
+        (Outcome.UNAUTHORIZED, 401, "thing.unauthorized"),
+    ],
+)
+async def test_a_failure_line_carries_the_answer_and_the_wait(
+    outcome: Outcome, status: int, event: str
+) -> None:
+    delivery, _, _ = make()
+    with capture_logs() as logs:
+        decision = await delivery.record(res(outcome, status), bytes=7)
+    (logged,) = named(logs, event)
+    assert logged["log_level"] in ("warning", "error")
+    assert logged["status"] == status
+    assert logged["detail"] == f"detail {status}"
+    assert logged["attempt"] == 1
+    assert logged["bytes"] == 7
+    assert logged["retry_in_s"] == round(decision.delay, 2)
+
+
+async def test_failure_lines_tell_a_person_what_to_check() -> None:
+    delivery, _, _ = make()
+    with capture_logs() as logs:
+        await delivery.record(res(Outcome.NO_ROUTE, 404))
+        await delivery.record(res(Outcome.UNAUTHORIZED, 401))
+    assert named(logs, "thing.no_route")[0]["hint"] == "no such thing here"
+    assert "CODER_AGENT_TOKEN_FILE" in named(logs, "thing.unauthorized")[0]["hint"]
+
+
+async def test_a_token_reload_failure_is_logged_with_its_error() -> None:
+    delivery, _, _ = make(Credentials(fails=True))
+    with capture_logs() as logs:
+        await delivery.record(res(Outcome.UNAUTHORIZED, 401))
+    (logged,) = named(logs, "token.reload_failed")
+    assert logged["error"] == "token file vanished"
+
+
+async def test_latency_is_logged_in_milliseconds_to_a_tenth() -> None:
+    delivery, _, _ = make()
+    with capture_logs() as logs:
+        await delivery.record(Result(Outcome.OK, 204, "", None, 12.3456))
+    assert named(logs, "thing.sent")[0]["latency_ms"] == 12.3
+
+
+async def test_settle_makes_no_attempt_that_could_only_start_at_the_deadline() -> None:
+    clock = Clock()
+    delivery, _, _ = make(clock=clock)
+    delivery.sending()
+    attempts = 0
+
+    async def attempt() -> Decision:
+        nonlocal attempts
+        attempts += 1
+        return await delivery.record(res(Outcome.OK, 204))
+
+    deadline = Deadline(0.25, clock=clock)
+    assert await delivery.settle(attempt, deadline, gap=0.25) is Step.RETRY
+    assert attempts == 0

@@ -120,3 +120,47 @@ def test_a_changed_token_retries_at_once_whatever_the_run() -> None:
         p.failed(result(401))
     assert p.failed(result(401), token_changed=True) == 0
     assert p.failed(result(401), token_changed=True, stopping=True) == 0
+
+
+class Ceiling(random.Random):
+    """Every delay at the top of its range, so that a schedule is exact."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_default_schedules() -> None:
+    p = RetryPolicy()
+    assert [p.transient.ceiling(n) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert [p.not_found.ceiling(n) for n in range(5)] == [60, 120, 240, 480, 540]
+    assert [p.auth.ceiling(n) for n in range(7)] == [5, 10, 20, 40, 80, 160, 300]
+    assert [p.no_route.ceiling(n) for n in range(3)] == [600, 600, 600]
+    assert p.no_route_floor == NO_ROUTE_FLOOR_S
+
+
+def test_a_new_policy_has_no_failure_run() -> None:
+    p = RetryPolicy()
+    assert p.last_outcome is None
+    assert p.failures == 0
+
+
+def test_a_failure_is_neither_a_changed_token_nor_a_stop_unless_said() -> None:
+    p = policy()
+    assert p.failed(result(401)) >= UNAUTHORIZED_FLOOR_S
+    assert p.failed(result(404)) >= NOT_FOUND_FLOOR_S
+
+
+def test_the_backoff_steps_once_per_failure_and_restarts_for_a_new_kind() -> None:
+    p = RetryPolicy(
+        transient=Backoff(base=1, cap=1000, rng=Ceiling()),
+        auth=Backoff(base=5, cap=300, rng=Ceiling()),
+    )
+    assert [p.failed(result(503)) for _ in range(4)] == [1, 2, 4, 8]
+    assert [p.failed(result(401)) for _ in range(3)] == [
+        UNAUTHORIZED_FLOOR_S + 5,
+        UNAUTHORIZED_FLOOR_S + 10,
+        UNAUTHORIZED_FLOOR_S + 20,
+    ]
+    assert p.failed(result(503)) == 1
+    p.succeeded()
+    assert p.failed(result(503)) == 1
