@@ -113,7 +113,9 @@ def live_payload(events: int, per_turn: int = 1000) -> tuple[bytes, int]:
 
 def replay_payload(messages: int, size: int) -> bytes:
     """agentapi's replay on connect: one message_update per message (`size` characters
-    each, alternating user/agent), then status_change."""
+    each, alternating user/agent), then status_change `running`, and `stable` right after
+    it: a turn's end, which the sidecar posts at once (the first post after a start is
+    otherwise spread over two intervals), so "first snapshot posted" marks the replay."""
     text = _text(size + 100)
     frames = [
         sse_frame(
@@ -128,6 +130,7 @@ def replay_payload(messages: int, size: int) -> bytes:
         )
         for i in range(messages)
     ]
+    frames.append(sse_frame("status_change", {"status": "running", "agent_type": "claude"}))
     frames.append(sse_frame("status_change", {"status": "stable", "agent_type": "claude"}))
     return b"".join(frames)
 
