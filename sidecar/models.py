@@ -291,7 +291,10 @@ def parse_messages(
     bad: list[Invalid] = []
     for item in items:
         msg = validate_message(item, content_field)
-        (bad if isinstance(msg, Invalid) else good).append(msg)  # type: ignore[arg-type]
+        if isinstance(msg, Invalid):
+            bad.append(msg)
+        else:
+            good.append(msg)
     return good, bad
 
 
