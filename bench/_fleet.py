@@ -55,8 +55,10 @@ from sidecar.relay.delivery import Relay
 from sidecar.relay.delivery import retry_policy as relay_retry_policy
 from sidecar.relay.policy import RelayPolicy
 from sidecar.runtime.metrics import Metrics
-from sidecar.uploader import _FIRST_POST_SPREAD as FIRST_POST_SPREAD  # the twin's formula
-from sidecar.uploader import Uploader
+from sidecar.uploader import (
+    FIRST_POST_SPREAD,  # the twin's formula
+    Uploader,
+)
 from tests.fakes.clock import run_on_virtual_clock
 
 __all__ = [

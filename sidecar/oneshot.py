@@ -35,8 +35,10 @@ async def snapshot_once(settings: Settings) -> int:
         log.info("oneshot.skipped", reason="CODER_TASK_ID is not set: this workspace is no task")
         return 0
     async with make_session(settings) as session:
-        uploader, mirror = _uploader(settings, session)
-        work = asyncio.create_task(_read_and_post(settings, session, uploader, mirror))
+        metrics = Metrics()
+        uploader, mirror = _uploader(settings, session, metrics)
+        invalid = InvalidCounter(metrics.invalid)
+        work = asyncio.create_task(_read_and_post(settings, session, uploader, mirror, invalid))
 
         def interrupted(signame: str) -> None:
             log.warning("oneshot.interrupted", signal=signame)
@@ -56,7 +58,9 @@ async def snapshot_once(settings: Settings) -> int:
     return 0 if ok else 1
 
 
-def _uploader(settings: Settings, session: aiohttp.ClientSession) -> tuple[Uploader, Mirror]:
+def _uploader(
+    settings: Settings, session: aiohttp.ClientSession, metrics: Metrics
+) -> tuple[Uploader, Mirror]:
     assert settings.coder_task_id is not None
     mirror = Mirror(settings.sidecar_snapshot_max_messages)
     spool = Spool(settings.state_dir, settings.coder_task_id)
@@ -69,7 +73,7 @@ def _uploader(settings: Settings, session: aiohttp.ClientSession) -> tuple[Uploa
         ),
         task_id=settings.coder_task_id,
         mirror=mirror,
-        metrics=Metrics(),
+        metrics=metrics,
         interval=settings.sidecar_snapshot_interval,
         spool=spool,
         recovered=spool.load(),
@@ -79,9 +83,12 @@ def _uploader(settings: Settings, session: aiohttp.ClientSession) -> tuple[Uploa
 
 
 async def _read_and_post(
-    settings: Settings, session: aiohttp.ClientSession, uploader: Uploader, mirror: Mirror
+    settings: Settings,
+    session: aiohttp.ClientSession,
+    uploader: Uploader,
+    mirror: Mirror,
+    invalid: InvalidCounter,
 ) -> FlushOutcome:
-    invalid = InvalidCounter(Metrics().invalid)
     agentapi = AgentapiClient(session=session, base_url=settings.coder_mcp_ai_agentapi_url)
     try:
         messages, bad = await agentapi.messages()

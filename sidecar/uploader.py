@@ -36,14 +36,14 @@ from sidecar.models import SNAPSHOT_MAX_BYTES
 from sidecar.runtime.metrics import Metrics
 from sidecar.spool import Spool, Spooled
 
-__all__ = ["FlushOutcome", "SnapshotClient", "Uploader"]
+__all__ = ["FIRST_POST_SPREAD", "FlushOutcome", "SnapshotClient", "Uploader"]
 
 log = structlog.get_logger(__name__)
 
 # A turn that ended is posted promptly, but a flapping status must still not flood.
 _URGENT_MIN_GAP: Final = 1.0
 # How many intervals the first post after a start is spread over.
-_FIRST_POST_SPREAD: Final = 2.0
+FIRST_POST_SPREAD: Final = 2.0
 
 _EVENTS: Final = SinkEvents(
     prefix="snapshot",
@@ -143,7 +143,7 @@ class Uploader:
         # finished turn or a stop does not wait for it): spread over one, a fleet that
         # starts together still had seconds with over 5 % of it posting
         # (bench/server_load.py).
-        spread = _FIRST_POST_SPREAD * interval
+        spread = FIRST_POST_SPREAD * interval
         self._first_due = clock() + (rng or random.Random()).uniform(0.0, spread)
         self._clock = clock
         self._wall_clock = wall_clock
@@ -387,9 +387,10 @@ class Uploader:
             return FlushOutcome.NOTHING
         if self._no_tasks_api:
             return FlushOutcome.NO_TASKS_API
-        if body == self._last_accepted:
+        skipped = self._skip_reason(body)
+        if skipped == "unchanged":
             return FlushOutcome.DELIVERED
-        if body == self._rejected:
+        if skipped == "refused":
             return FlushOutcome.REJECTED
         kept = self._save_spool(body)
         log.warning("snapshot.flush_incomplete", bytes=len(body), spooled=kept)
