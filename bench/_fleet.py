@@ -39,10 +39,10 @@ from uuid import UUID
 import _common  # first: puts the repo root on sys.path
 
 from sidecar.backoff import Backoff
-from sidecar.coder.client import Outcome, Result
+from sidecar.coder.client import Result
+from sidecar.coder.outcomes import Outcome
 from sidecar.coder.retry import RetryPolicy
 from sidecar.hub import Hub
-from sidecar.mirror import Mirror
 from sidecar.models import (
     AgentStatus,
     AppState,
@@ -51,13 +51,12 @@ from sidecar.models import (
     ReplayStarted,
     StatusChange,
 )
+from sidecar.pipeline import Clients, Clocks, Options, Tuning, build_pipeline
 from sidecar.relay.delivery import Relay
 from sidecar.relay.delivery import retry_policy as relay_retry_policy
-from sidecar.relay.policy import RelayPolicy
 from sidecar.runtime.metrics import Metrics
 from sidecar.uploader import (
     FIRST_POST_SPREAD,  # the twin's formula
-    Uploader,
 )
 from tests.fakes.clock import run_on_virtual_clock
 
@@ -247,7 +246,7 @@ class WorkspaceClient:
         return Result(Outcome.OK, 204, "", None, LATENCY_S * 1000)
 
     async def patch_app_status(
-        self, *, slug: str, state: AppState, message: str, uri: str
+        self, *, slug: str, state: AppState, message: str, uri: str, timeout: float | None = None
     ) -> Result:
         if self._rec.down:
             return await self._refused(False)
@@ -467,26 +466,20 @@ class Fleet:
         else:
             relay_retry = transient("relay-retry", c.relay_backoff)
 
-        mirror = Mirror(10)
-        uploader = Uploader(
-            client=client,
-            task_id=UUID(int=ws.index + 1),
-            mirror=mirror,
+        pipeline = build_pipeline(
+            Clients(coder=client, agentapi=None),
+            Clocks(monotonic=clock),
+            Options(task_id=UUID(int=ws.index + 1), slug="claude-code", interval=c.interval),
             metrics=self.metrics,
-            interval=c.interval,
-            retry=upload_retry,
-            clock=clock,
-            rng=self._first_post_rng(ws.index),
+            tuning=Tuning(
+                upload_retry=upload_retry,
+                relay_retry=relay_retry,
+                first_post_rng=self._first_post_rng(ws.index),
+            ),
         )
-        relay = Relay(
-            client=client,
-            slug="claude-code",
-            policy=RelayPolicy(),
-            metrics=self.metrics,
-            retry=relay_retry,
-            clock=clock,
-        )
-        hub = Hub(mirror=mirror, uploader=uploader, relay=relay)
+        uploader, relay, hub = pipeline.uploader, pipeline.relay, pipeline.hub
+        assert uploader is not None
+        assert relay is not None
         hub.on_reachable(True)
         hub.on_event(ReplayStarted())
         for msg_id in sorted(ws.messages):

@@ -1,4 +1,5 @@
-"""The daemon's ingest wiring (as sidecar/daemon.py builds it), for in-process benchmarks.
+"""The daemon's ingest wiring (sidecar.pipeline, as the daemon builds it), for in-process
+benchmarks.
 
 Imports only sidecar and aiohttp, so a fresh process that imports this measures the
 sidecar's own memory. Not a benchmark itself.
@@ -19,8 +20,8 @@ from sidecar.coder.session import make_session
 from sidecar.coder.token import TokenSource
 from sidecar.hub import Hub
 from sidecar.mirror import Mirror
+from sidecar.pipeline import Clients, Clocks, Options, build_pipeline
 from sidecar.relay.delivery import Relay
-from sidecar.relay.policy import RelayPolicy
 from sidecar.runtime.metrics import Metrics
 from sidecar.uploader import Uploader
 
@@ -60,33 +61,30 @@ def posts(metrics: Metrics, result: str = "ok") -> int:
 
 
 class Pipeline:
-    """The daemon's ingest wiring (sidecar/daemon.py), built from the fakes' addresses."""
+    """The daemon's pipeline (sidecar.pipeline.build_pipeline), from the fakes' addresses."""
 
     def __init__(self, info: Endpoints, session: aiohttp.ClientSession, relay: bool) -> None:
         self.metrics = Metrics()
-        coder = CoderClient(
-            session=session, base_url=info["coder"], token=TokenSource(value=info["token"])
+        clients = Clients(
+            coder=CoderClient(
+                session=session, base_url=info["coder"], token=TokenSource(value=info["token"])
+            ),
+            agentapi=AgentapiClient(session=session, base_url=info["sse"]),
         )
-        self.mirror = Mirror(10)
-        self.uploader = Uploader(
-            client=coder,
+        options = Options(
             task_id=uuid.UUID(info["task"]),
-            mirror=self.mirror,
-            metrics=self.metrics,
+            slug="claude-code" if relay else None,
             interval=5.0,
-        )
-        self.relay = (
-            Relay(client=coder, slug="claude-code", policy=RelayPolicy(), metrics=self.metrics)
-            if relay
-            else None
-        )
-        self.hub = Hub(mirror=self.mirror, uploader=self.uploader, relay=self.relay)
-        self.source = AgentapiSource(
-            client=AgentapiClient(session=session, base_url=info["sse"]),
-            listener=self.hub,
-            metrics=self.metrics,
             probe_interval=5.0,
         )
+        built = build_pipeline(clients, Clocks(), options, metrics=self.metrics)
+        assert built.uploader is not None
+        assert built.source is not None
+        self.mirror: Mirror = built.mirror
+        self.uploader: Uploader = built.uploader
+        self.relay: Relay | None = built.relay
+        self.hub: Hub = built.hub
+        self.source: AgentapiSource = built.source
         self._tasks: list[asyncio.Task[None]] = []
         self._source: asyncio.Task[None] | None = None
 

@@ -37,6 +37,7 @@ import aiohttp
 from _pipeline import Pipeline, count, nowhere, posts, session_for
 
 from sidecar.agentapi.sse import SSEParser
+from sidecar.agentapi.stream import Connection
 from sidecar.mirror import Mirror
 from sidecar.models import Invalid, parse_sse_event
 from tests.e2e.harness import SidecarProcess, base_env
@@ -129,7 +130,7 @@ async def stage_reader(data: bytes, relay: bool) -> int:
     async with aiohttp.ClientSession() as session:
         p = Pipeline(nowhere(), session, relay)
         # The reader loop itself (private, but it is the real per-chunk code path).
-        await p.source._read(chunks_of(data))
+        await p.source._read(chunks_of(data), Connection())
         return int(sum(count(p.metrics, t) for t in ("message_update", "status_change")))
 
 

@@ -40,6 +40,7 @@ import aiohttp
 from _pipeline import Pipeline, nowhere
 
 from sidecar import snapshot
+from sidecar.agentapi.stream import Connection
 from sidecar.models import SNAPSHOT_MAX_BYTES, Message
 from tests.tools import find_tool
 
@@ -57,7 +58,7 @@ async def _chunks(data: bytes) -> AsyncIterator[bytes]:
 async def ingest(payload: bytes) -> None:
     async with aiohttp.ClientSession() as session:
         p = Pipeline(nowhere(), session, relay=True)
-        await p.source._read(_chunks(payload))  # the real reader coroutine (private)
+        await p.source._read(_chunks(payload), Connection())  # the real reader coroutine (private)
 
 
 # pstats' table: (file, line, function) → (primitive calls, calls, own s, cumulative s,

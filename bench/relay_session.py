@@ -40,7 +40,8 @@ from datetime import UTC, datetime, timedelta
 import _common  # first: puts the repo root on sys.path
 import aiohttp
 
-from sidecar.coder.client import CoderClient, Outcome, Result
+from sidecar.coder.client import CoderClient, Result
+from sidecar.coder.outcomes import Outcome
 from sidecar.coder.token import TokenSource
 from sidecar.hub import Hub
 from sidecar.mirror import Mirror
@@ -145,7 +146,7 @@ class RecordingClient:
         self.patches: list[tuple[float, StatusReport, int]] = []  # (sent at, report, status)
 
     async def patch_app_status(
-        self, *, slug: str, state: AppState, message: str, uri: str
+        self, *, slug: str, state: AppState, message: str, uri: str, timeout: float | None = None
     ) -> Result:
         sent = self.clock()
         await asyncio.sleep(LATENCY_S)

@@ -7,20 +7,17 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Final, TextIO
+from typing import TextIO
 
-import aiohttp
-
-from sidecar.agentapi.client import AgentapiClient, AgentapiError
-from sidecar.coder.client import CoderClient, Outcome, Result
-from sidecar.coder.session import describe_proxy, make_session, make_token
+from sidecar.agentapi.client import AgentapiError
+from sidecar.coder.client import CoderClient, Result
+from sidecar.coder.outcomes import Outcome, Sink, words
+from sidecar.coder.session import describe_proxy, make_session
 from sidecar.models import AgentStatus, AppState
+from sidecar.pipeline import Clients
 from sidecar.runtime.lock import running_daemon
 from sidecar.settings import Settings
 from sidecar.spool import writable_problem
-
-_REDIRECT_FIX: Final = "set CODER_AGENT_URL to the URL it points to (a redirect is never followed)"
-_SNAPSHOT_VERSIONS: Final = "v2.30 to v2.35, the v2.34 ESR, or v2.36 with its Tasks API turned on"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,45 +33,26 @@ def _describe(result: Result) -> str:
     return f"{status}: {result.detail}" if result.detail else status
 
 
-def _coder_trouble(name: str, result: Result) -> Probe | None:
-    """The failures every Coder probe shares; None for the probe's own outcomes."""
-    if result.outcome is Outcome.REDIRECT:
-        return Probe(name, False, f"redirected to {result.location}", _REDIRECT_FIX)
-    if result.outcome is Outcome.RETRY:
-        return Probe(
-            name,
-            False,
-            f"unreachable ({_describe(result)})",
-            "check CODER_AGENT_URL and the proxy settings; is Coder up?",
-        )
-    if result.outcome is Outcome.UNAUTHORIZED:
-        return Probe(
-            name,
-            False,
-            f"the token was rejected ({_describe(result)})",
-            "the agent token of the current workspace build must be in CODER_AGENT_TOKEN or "
-            "CODER_AGENT_TOKEN_FILE",
-        )
-    return None
+def _verdict(name: str, sink: Sink, result: Result, **context: object) -> Probe:
+    """What the outcome table says of `result`, in `check`'s words."""
+    said = words(sink, result.outcome)
+    detail = said.check.format(answer=_describe(result), location=result.location, **context)
+    return Probe(name, result.ok, detail, "" if result.ok else said.hint)
 
 
 async def run_check(settings: Settings, out: TextIO) -> int:
     probes: list[Probe] = []
     async with make_session(settings) as session:
-        agent_status = await _probe_agentapi(settings, session, probes)
-        coder = CoderClient(
-            session=session,
-            base_url=settings.coder_agent_url,
-            token=make_token(settings),
-            timeout=settings.sidecar_http_timeout,
-        )
+        clients = Clients.from_settings(settings, session)
+        agent_status = await _probe_agentapi(clients, probes)
+        coder = clients.coder
+        assert isinstance(coder, CoderClient)
         version = await coder.server_version()
         probes.append(
             Probe("coder version", None, version or "unknown (GET /api/v2/buildinfo failed)")
         )
         probes.append(Probe("proxy for coder", None, describe_proxy(settings) or "none"))
-        auth = await coder.probe_token()
-        probes.append(_coder_trouble("coder token", auth) or Probe("coder token", True, "accepted"))
+        probes.append(_verdict("coder token", Sink.TOKEN, await coder.probe_token()))
         probes.append(await _probe_snapshots(settings, coder, version))
         probes.append(await _probe_relay(settings, coder, agent_status))
     probes.extend(await asyncio.to_thread(_local_probes, settings))
@@ -82,10 +60,9 @@ async def run_check(settings: Settings, out: TextIO) -> int:
     return 1 if any(p.ok is False for p in probes) else 0
 
 
-async def _probe_agentapi(
-    settings: Settings, session: aiohttp.ClientSession, probes: list[Probe]
-) -> AgentStatus | None:
-    agentapi = AgentapiClient(session=session, base_url=settings.coder_mcp_ai_agentapi_url)
+async def _probe_agentapi(clients: Clients, probes: list[Probe]) -> AgentStatus | None:
+    agentapi = clients.agentapi
+    assert agentapi is not None
     status = None
     try:
         status = await agentapi.status()
@@ -110,26 +87,17 @@ async def _probe_snapshots(settings: Settings, coder: CoderClient, version: str 
         return Probe(name, None, "off: CODER_TASK_ID is not set (this workspace is no task)")
     # Coder checks the token, then the route, the task id, the query, the task, and only
     # then the body: an empty object is refused with 400 by an endpoint that knows the
-    # task, and stores nothing. A probe with no side effect.
+    # task, and stores nothing. A probe with no side effect, whose refusal is success.
     result = await coder.post_log_snapshot(settings.coder_task_id, b"{}")
     if result.outcome is Outcome.REJECTED:
         return Probe(name, True, f"the Tasks API is there and knows task {settings.coder_task_id}")
-    if result.outcome is Outcome.NO_ROUTE:
-        return Probe(
-            name,
-            False,
-            f"Coder {version or '(version unknown)'} has no Tasks API: log snapshots are off; "
-            "statuses are still relayed",
-            f"log snapshots need Coder {_SNAPSHOT_VERSIONS}",
-        )
-    if result.outcome is Outcome.NOT_FOUND:
-        return Probe(
-            name,
-            False,
-            f"Coder does not know task {settings.coder_task_id} in this workspace",
-            "CODER_TASK_ID must be this workspace's task (templates fill it from data.coder_task)",
-        )
-    return _coder_trouble(name, result) or Probe(name, False, _describe(result))
+    return _verdict(
+        name,
+        Sink.SNAPSHOT,
+        result,
+        task=settings.coder_task_id,
+        version=version or "(version unknown)",
+    )
 
 
 async def _probe_relay(
@@ -150,16 +118,7 @@ async def _probe_relay(
         message="checked by coder-task-sidecar",
         uri=settings.sidecar_relay_uri,
     )
-    if result.ok:
-        return Probe(name, True, f"statuses are accepted for slug {slug!r}")
-    if result.outcome is Outcome.REJECTED:
-        return Probe(
-            name,
-            False,
-            f"slug {slug!r} refused ({_describe(result)})",
-            "CODER_MCP_APP_STATUS_SLUG must be the slug of a coder_app on this agent",
-        )
-    return _coder_trouble(name, result) or Probe(name, False, _describe(result))
+    return _verdict(name, Sink.STATUS, result, slug=slug)
 
 
 def _local_probes(settings: Settings) -> list[Probe]:

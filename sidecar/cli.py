@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
 from sidecar import __version__
-from sidecar.config import ConfigError
+from sidecar.variables import ConfigError
 
 if TYPE_CHECKING:
     from sidecar.settings import Settings
@@ -71,8 +71,8 @@ def _run(command: str) -> int:
         return stop(os.environ)
     import asyncio
 
-    from sidecar.config import load_settings
     from sidecar.log import configure
+    from sidecar.settings import load_settings
 
     settings = load_settings(os.environ)
     configure(settings.sidecar_log_level.value, settings.sidecar_log_format)

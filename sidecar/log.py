@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any, Final, Literal, TextIO
+from typing import Any, Final, TextIO
 
 import structlog
 
-LogFormat = Literal["auto", "console", "json"]
+from sidecar.variables import LogFormat
+
 REDACTED: Final = "[redacted]"
 # What takes a secret's place in anything sent to Coder (a conversation in which the agent
 # ran `env`, a status summary quoting it): the credential never leaves the workspace.

@@ -8,21 +8,23 @@ the daemon's next start, never lost to a traceback.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import aiohttp
 import structlog
 
 from sidecar.agentapi.client import AgentapiClient, AgentapiError
 from sidecar.agentapi.statefile import StateFileSource
-from sidecar.coder.client import CoderClient
-from sidecar.coder.session import make_session, make_token
+from sidecar.coder.session import make_session
 from sidecar.mirror import Mirror
 from sidecar.models import Conversation
+from sidecar.pipeline import Clients, Clocks, Options, build_pipeline
 from sidecar.runtime.metrics import InvalidCounter, Metrics
 from sidecar.runtime.signals import stop_signals
 from sidecar.settings import Settings
+from sidecar.slot import FlushOutcome
 from sidecar.spool import Spool
-from sidecar.uploader import FlushOutcome, Uploader
+from sidecar.uploader import Uploader
 
 log = structlog.get_logger(__name__)
 
@@ -36,9 +38,9 @@ async def snapshot_once(settings: Settings) -> int:
         return 0
     async with make_session(settings) as session:
         metrics = Metrics()
-        uploader, mirror = _uploader(settings, session, metrics)
+        uploader, mirror, agentapi = _uploader(settings, session, metrics)
         invalid = InvalidCounter(metrics.invalid)
-        work = asyncio.create_task(_read_and_post(settings, session, uploader, mirror, invalid))
+        work = asyncio.create_task(_read_and_post(settings, agentapi, uploader, mirror, invalid))
 
         def interrupted(signame: str) -> None:
             log.warning("oneshot.interrupted", signal=signame)
@@ -60,36 +62,31 @@ async def snapshot_once(settings: Settings) -> int:
 
 def _uploader(
     settings: Settings, session: aiohttp.ClientSession, metrics: Metrics
-) -> tuple[Uploader, Mirror]:
+) -> tuple[Uploader, Mirror, AgentapiClient]:
     assert settings.coder_task_id is not None
-    mirror = Mirror(settings.sidecar_snapshot_max_messages)
-    spool = Spool(settings.state_dir, settings.coder_task_id)
-    uploader = Uploader(
-        client=CoderClient(
-            session=session,
-            base_url=settings.coder_agent_url,
-            token=make_token(settings),
-            timeout=settings.sidecar_http_timeout,
-        ),
-        task_id=settings.coder_task_id,
-        mirror=mirror,
+    clients = Clients.from_settings(settings, session)
+    assert clients.agentapi is not None
+    spool = Spool(settings.state_dir, settings.coder_task_id, on_write=metrics.spool_writes.inc)
+    # The conversation is read once, by hand: no stream, and no statuses to relay.
+    pipeline = build_pipeline(
+        dataclasses.replace(clients, agentapi=None),
+        Clocks(),
+        dataclasses.replace(Options.from_settings(settings), slug=None),
         metrics=metrics,
-        interval=settings.sidecar_snapshot_interval,
         spool=spool,
         recovered=spool.load(),
-        max_bytes=settings.sidecar_snapshot_max_bytes,
     )
-    return uploader, mirror
+    assert pipeline.uploader is not None
+    return pipeline.uploader, pipeline.mirror, clients.agentapi
 
 
 async def _read_and_post(
     settings: Settings,
-    session: aiohttp.ClientSession,
+    agentapi: AgentapiClient,
     uploader: Uploader,
     mirror: Mirror,
     invalid: InvalidCounter,
 ) -> FlushOutcome:
-    agentapi = AgentapiClient(session=session, base_url=settings.coder_mcp_ai_agentapi_url)
     try:
         messages, bad = await agentapi.messages()
         for item in bad:

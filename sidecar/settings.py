@@ -1,44 +1,69 @@
 """Settings: every variable the daemon, `snapshot` and `check` read, validated once.
 
-Built by `sidecar.config.load_settings` from the environment it is handed. A bad value
-becomes a `ConfigError` naming the variable; input values are never echoed (pydantic's
-own messages would quote the token).
+`load_settings` builds them from the environment it is handed. The names, defaults and
+bounds come from the one table in sidecar.variables, which the `stop` hook's light reader
+(sidecar.config) uses too. A bad value becomes a `ConfigError` naming the variable; input
+values are never echoed (pydantic's own messages would quote the token).
 """
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 from uuid import UUID
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from sidecar.addr import parse_http_addr
 from sidecar.coder.proxy import SUPPORTED_SCHEMES, ProxyConfig, parse_proxy
 from sidecar.coder.token import TokenError, check_token, read_token_file
-from sidecar.config import SHUTDOWN_TIMEOUT_BOUNDS, ConfigError, LogFormat, LogLevel, state_dir_from
-from sidecar.models import SNAPSHOT_MAX_BYTES, AppState
+from sidecar.config import log_format, log_level
+from sidecar.models import AppState
+from sidecar.variables import (
+    AGENTAPI_PROBE_INTERVAL,
+    BY_FIELD,
+    HTTP_TIMEOUT,
+    RELAY_GRACE,
+    SHUTDOWN_TIMEOUT,
+    SNAPSHOT_INTERVAL,
+    SNAPSHOT_MAX_BYTES,
+    SNAPSHOT_MAX_MESSAGES,
+    VARIABLES,
+    ConfigError,
+    Count,
+    LogFormat,
+    LogLevel,
+    Seconds,
+    state_dir_from,
+)
+
+__all__ = ["Settings", "load_settings"]
 
 # Whitespace and control characters (C0, DEL, C1) and lone surrogates (undecodable bytes
 # in the environment): never part of a usable URL.
 _URL_UNSAFE = re.compile("[\x00-\x20\x7f-\x9f\ud800-\udfff]")
 
 
-# Every duration has a floor and a ceiling (seconds): a typo (1e-9, 1e9) must not become
-# a flood on the server or a wait that never ends. The README's table shows them.
-SnapshotInterval = Annotated[float, Field(ge=1, le=3600, allow_inf_nan=False)]
-ShutdownTimeout = Annotated[
-    float,
-    Field(ge=SHUTDOWN_TIMEOUT_BOUNDS[0], le=SHUTDOWN_TIMEOUT_BOUNDS[1], allow_inf_nan=False),
-]
-HttpTimeout = Annotated[float, Field(ge=1, le=300, allow_inf_nan=False)]
-ProbeInterval = Annotated[float, Field(ge=1, le=300, allow_inf_nan=False)]
-RelayGrace = Annotated[float, Field(ge=1, le=3600, allow_inf_nan=False)]
+def _checked(read: Callable[[str], object], value: Any) -> Any:
+    """`value` read as the light reader reads it, its problem as pydantic wants it."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return read(value)
+    except ConfigError as exc:
+        raise ValueError(exc.problem) from None
+
+
+def _bounded(var: Seconds | Count) -> FieldInfo:
+    """The table's bounds as pydantic checks them (NaN and infinities refused)."""
+    if isinstance(var, Seconds):
+        return FieldInfo(ge=var.low, le=var.high, allow_inf_nan=False)
+    return FieldInfo(ge=var.low, le=var.high)
 
 
 class Settings(BaseSettings):
@@ -55,21 +80,28 @@ class Settings(BaseSettings):
     agentapi_state_file: Path | None = None
     agentapi_pid_file: Path | None = None
 
-    sidecar_snapshot_interval: SnapshotInterval = 30.0
-    sidecar_snapshot_max_messages: Annotated[int, Field(gt=0, le=1000)] = 10
-    # A lower ceiling may be configured (e.g. behind a proxy); never a higher one.
-    sidecar_snapshot_max_bytes: Annotated[int, Field(ge=1024, le=SNAPSHOT_MAX_BYTES)] = (
-        SNAPSHOT_MAX_BYTES
+    sidecar_snapshot_interval: Annotated[float, _bounded(SNAPSHOT_INTERVAL)] = (
+        SNAPSHOT_INTERVAL.default
+    )
+    sidecar_snapshot_max_messages: Annotated[int, _bounded(SNAPSHOT_MAX_MESSAGES)] = (
+        SNAPSHOT_MAX_MESSAGES.default
+    )
+    sidecar_snapshot_max_bytes: Annotated[int, _bounded(SNAPSHOT_MAX_BYTES)] = (
+        SNAPSHOT_MAX_BYTES.default
     )
     sidecar_state_dir: Path | None = None
-    sidecar_shutdown_timeout: ShutdownTimeout = 10.0
+    sidecar_shutdown_timeout: Annotated[float, _bounded(SHUTDOWN_TIMEOUT)] = (
+        SHUTDOWN_TIMEOUT.default
+    )
     sidecar_http_addr: str | None = None
-    sidecar_http_timeout: HttpTimeout = 10.0
+    sidecar_http_timeout: Annotated[float, _bounded(HTTP_TIMEOUT)] = HTTP_TIMEOUT.default
     sidecar_log_level: LogLevel = LogLevel.INFO
     sidecar_log_format: LogFormat = "auto"
-    sidecar_agentapi_probe_interval: ProbeInterval = 5.0
+    sidecar_agentapi_probe_interval: Annotated[float, _bounded(AGENTAPI_PROBE_INTERVAL)] = (
+        AGENTAPI_PROBE_INTERVAL.default
+    )
 
-    sidecar_relay_grace: RelayGrace = 30.0
+    sidecar_relay_grace: Annotated[float, _bounded(RELAY_GRACE)] = RELAY_GRACE.default
     sidecar_relay_screen_activity: bool = False
     sidecar_relay_uri: str = ""
     sidecar_relay_on_stop: AppState | None = None
@@ -139,10 +171,15 @@ class Settings(BaseSettings):
             parse_proxy(value.get_secret_value())
         return value
 
-    @field_validator("sidecar_log_level", "sidecar_log_format", mode="before")
+    @field_validator("sidecar_log_level", mode="before")
     @classmethod
-    def _lower(cls, value: Any) -> Any:
-        return value.lower() if isinstance(value, str) else value
+    def _log_level(cls, value: Any) -> Any:
+        return _checked(log_level, value)
+
+    @field_validator("sidecar_log_format", mode="before")
+    @classmethod
+    def _log_format(cls, value: Any) -> Any:
+        return _checked(log_format, value)
 
     @field_validator("sidecar_http_addr")
     @classmethod
@@ -179,11 +216,11 @@ class Settings(BaseSettings):
         return parse_http_addr(self.sidecar_http_addr) if self.sidecar_http_addr else None
 
 
-def build(env: Mapping[str, str]) -> Settings:
-    """Settings from `env`, or ConfigError."""
+def load_settings(env: Mapping[str, str]) -> Settings:
+    """Settings from `env` (the commands pass os.environ), or ConfigError."""
     # Only our own variables are passed in, so an unrelated malformed variable (say a
     # HOME that is not a path) cannot stop the daemon.
-    known = {name.upper() for name in Settings.model_fields}
+    known = {var.name for var in VARIABLES}
     values = {k.lower(): v for k, v in env.items() if k.upper() in known and v.strip()}
     # Go reads exactly HTTPS_PROXY, else https_proxy (likewise the others); the lower-casing
     # above would take any spelling and let whichever `env` lists last win.
@@ -204,12 +241,7 @@ def build(env: Mapping[str, str]) -> Settings:
             read_token_file(settings.coder_agent_token_file)
         except TokenError as exc:
             raise ConfigError("CODER_AGENT_TOKEN_FILE", str(exc)) from None
-    try:
-        settings.state_dir  # noqa: B018 (computed now, so that it cannot fail later)
-    except (RuntimeError, KeyError):
-        raise ConfigError(
-            "SIDECAR_STATE_DIR", "is required when neither XDG_STATE_HOME nor HOME is set"
-        ) from None
+    settings.state_dir  # noqa: B018 (computed now, so that it cannot fail later)
     return settings
 
 
@@ -242,22 +274,6 @@ def _check_coder_proxy(settings: Settings, proxy_names: Mapping[str, str]) -> No
         )
 
 
-def unknown(env: Mapping[str, str]) -> list[tuple[str, str | None]]:
-    """See sidecar.config.unknown_variables."""
-    prefix = "SIDECAR_"
-    known = sorted(name.upper() for name in Settings.model_fields if name.startswith("sidecar_"))
-    # Compared without the prefix, which every name shares and which would make any two
-    # of them look alike.
-    suffixes = [name.removeprefix(prefix) for name in known]
-    unknown = []
-    for name in sorted(env):
-        upper = name.upper()
-        if upper.startswith(prefix) and upper not in known:
-            close = difflib.get_close_matches(upper.removeprefix(prefix), suffixes, n=1, cutoff=0.7)
-            unknown.append((name, prefix + close[0] if close else None))
-    return unknown
-
-
 def _config_error(exc: ValidationError) -> ConfigError:
     error = exc.errors(include_input=False, include_url=False, include_context=False)[0]
     loc = [str(part) for part in error["loc"] if isinstance(part, str)]
@@ -266,25 +282,11 @@ def _config_error(exc: ValidationError) -> ConfigError:
         # Model-level errors (the token rule) name their variables in the message.
         return ConfigError("CODER_AGENT_TOKEN", message)
     variable = loc[0].upper()
-    bounds = _bounds(loc[0])
+    var = BY_FIELD.get(loc[0])
     if error["type"] == "missing":
         message = "is required"
     elif error["type"].startswith("uuid"):
         message = "must be a UUID"
-    elif bounds is not None and loc[0] in _DURATIONS:
-        message = f"must be a number of seconds from {bounds[0]:g} to {bounds[1]:g}"
+    elif isinstance(var, Seconds | Count):
+        message = var.problem
     return ConfigError(variable, message)
-
-
-_DURATIONS: Final = frozenset(
-    name for name, field in Settings.model_fields.items() if field.annotation is float
-)
-
-
-def _bounds(name: str) -> tuple[float, float] | None:
-    field = Settings.model_fields.get(name)
-    if field is None:
-        return None
-    low = next((m.ge for m in field.metadata if getattr(m, "ge", None) is not None), None)
-    high = next((m.le for m in field.metadata if getattr(m, "le", None) is not None), None)
-    return None if low is None or high is None else (float(low), float(high))

@@ -3,6 +3,10 @@
 One file per task (`<task>.json`), replaced atomically: a crash at any point leaves either
 the old body or the new one, never a torn file. A file that does not parse is moved aside
 rather than deleted, so a person can still look at it.
+
+The spool knows what its file holds, so the uploader only says what it wants kept
+(`keep`), what the server now holds (`delivered`) and what has nowhere to go (`drop`); the
+rule that no older words may outlive newer ones on disk is kept here.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final, NamedTuple
 from uuid import UUID
@@ -33,15 +38,53 @@ class Spooled(NamedTuple):
 
 
 class Spool:
-    __slots__ = ("_dir", "_path")
+    __slots__ = ("_dir", "_holds", "_on_write", "_path")
 
-    def __init__(self, directory: Path, task_id: UUID) -> None:
+    def __init__(
+        self, directory: Path, task_id: UUID, *, on_write: Callable[[], object] = lambda: None
+    ) -> None:
         self._dir = directory
         self._path = directory / f"{task_id}.json"
+        self._on_write = on_write  # counts writes (sidecar_spool_writes_total)
+        self._holds: bytes | None = None
 
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def holds(self) -> bytes | None:
+        """The body the file holds, as far as this process knows (loaded or written)."""
+        return self._holds
+
+    def keep(self, body: bytes) -> bool:
+        """Have the file hold `body`; True when it does. When it cannot, an older body is
+        removed: left there, the next start would deliver it over newer words."""
+        if body == self._holds:
+            return True
+        if self.save(body):
+            self._holds = body
+            self._on_write()
+            return True
+        if self._holds is not None:
+            self._holds = None
+            self.clear(reason="older than the conversation that could not be kept")
+        return False
+
+    def delivered(self, body: bytes) -> None:
+        """The server holds `body`: the file is not needed. One that cannot be removed is
+        overwritten with `body`, so that no later start delivers older words over it."""
+        if self._holds is None:
+            return
+        self._holds = None
+        if not self.clear():
+            self.keep(body)
+
+    def drop(self, reason: str) -> None:
+        """The body has nowhere to go (a server without a Tasks API)."""
+        if self._holds is not None:
+            self._holds = None
+            self.clear(reason=reason)
 
     def load(self) -> Spooled | None:
         """The spooled body, or None. Never raises for a bad file: it is set aside."""
@@ -56,6 +99,7 @@ class Spool:
             return None
         parsed = _parse(body)
         if not isinstance(parsed, str):
+            self._holds = body
             return Spooled(body, parsed, written_at)
         problem = parsed
         aside = self._path.with_name(f"{self._path.name}.corrupt-{int(time.time())}")

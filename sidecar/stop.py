@@ -26,8 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from sidecar.config import LogFormat, LogLevel, StopConfig, load_stop_config
+from sidecar.config import StopConfig, load_stop_config
 from sidecar.runtime.lock import read_record, running_daemon
+from sidecar.slot import FlushOutcome
+from sidecar.variables import LogFormat, LogLevel
 
 # agentapi saves a conversation in milliseconds; this only bounds a hung one.
 STATE_SAVE_WAIT_S: Final = 3.0
@@ -35,8 +37,6 @@ STATE_SAVE_WAIT_S: Final = 3.0
 DAEMON_EXIT_MARGIN_S: Final = 5.0
 AGENTAPI_EXIT_WAIT_S: Final = 5.0
 _POLL_S: Final = 0.005
-# What the daemon's final snapshot became: nothing left to deliver, or kept for later.
-_DELIVERED: Final = frozenset(("delivered", "nothing", "no_tasks_api", "off"))
 
 
 def stop(env: Mapping[str, str]) -> int:
@@ -142,16 +142,20 @@ def _stop_daemon(pid: int, config: StopConfig) -> int:
         log.error("stop.daemon_outcome_unknown", pid=pid, ms=ms, note="it ended without a word")
         return 1
     log.info("stop.daemon_stopped", pid=pid, snapshot=snapshot, exit=record.get("exit"), ms=ms)
-    return 0 if snapshot in _DELIVERED else 1
+    try:
+        return 0 if FlushOutcome(snapshot).delivered else 1
+    except ValueError:
+        log.error("stop.daemon_outcome_unknown", pid=pid, snapshot=snapshot[:40])
+        return 1
 
 
 def _snapshot(env: Mapping[str, str]) -> int:
     # Only here does the hook need the HTTP stack and the full settings.
     import asyncio
 
-    from sidecar.config import load_settings
     from sidecar.log import configure
     from sidecar.oneshot import snapshot_once
+    from sidecar.settings import load_settings
 
     settings = load_settings(env)
     configure(settings.sidecar_log_level.value, settings.sidecar_log_format)

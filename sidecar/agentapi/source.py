@@ -19,24 +19,17 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Final, Protocol
+from collections.abc import AsyncIterator, Callable, Mapping
+from types import MappingProxyType
+from typing import Final
 
 import structlog
-from prometheus_client import Counter
 
 from sidecar.agentapi.client import AgentapiClient, AgentapiError
-from sidecar.agentapi.sse import DEFAULT_MAX_FRAME, FrameTooLarge, SSEEvent, SSEParser
+from sidecar.agentapi.sse import DEFAULT_MAX_FRAME, FrameTooLarge, SSEParser
+from sidecar.agentapi.stream import Connection, Dispatcher, Listener, StreamEnd
 from sidecar.backoff import Backoff
-from sidecar.models import (
-    AgentStatus,
-    Conversation,
-    Event,
-    Invalid,
-    ReplayStarted,
-    StatusChange,
-    parse_sse_event,
-)
+from sidecar.models import AgentStatus, Conversation, ReplayStarted
 from sidecar.runtime.metrics import InvalidCounter, Metrics
 
 log = structlog.get_logger(__name__)
@@ -44,37 +37,48 @@ log = structlog.get_logger(__name__)
 _STREAM_FAILURES_BEFORE_POLLING: Final = 3
 _PROBE_FAILURES_BEFORE_DEAD: Final = 2
 _POLL_REFRESH_EVERY: Final = 5
-_KNOWN_EVENTS: Final = frozenset(
-    ("message_update", "status_change", "agent_error", "screen_update")
-)
 # A stream that stayed up this long was healthy: the next drop starts backoff afresh.
 _HEALTHY_STREAM_S: Final = 10.0
 
 
-class StreamEnd(enum.Enum):
-    """How one attempt at the /events stream ended."""
-
-    ENDED = "ended"  # the stream was open, then closed or broke
-    MISSING = "missing"  # 404: an agentapi without the stream
-    DOWN = "down"  # nothing answered
-    FAILED = "failed"  # any other answer
-    STALLED = "stalled"  # connected, but silent where a healthy agentapi speaks
+class Mode(enum.Enum):
+    STREAM = "stream"  # connect to /events again, after a back-off
+    POLL = "poll"  # poll /status and /messages for a while, then try the stream again
 
 
-class Listener(Protocol):
-    def on_event(self, event: Event) -> None: ...
+class Tally(enum.Enum):
+    """What an ending does to the count of stream failures in a row (three fall back to
+    polling)."""
 
-    def on_reachable(self, reachable: bool) -> None: ...
+    ADD = "add"
+    RESET = "reset"
+    # A stream that stayed up for a while was healthy: the next drop starts afresh.
+    ADD_UNLESS_HEALTHY = "add_unless_healthy"
+
+
+# What follows each way a stream attempt can end.
+AFTER: Final[Mapping[StreamEnd, tuple[Mode, Tally]]] = MappingProxyType(
+    {
+        StreamEnd.ENDED: (Mode.STREAM, Tally.ADD_UNLESS_HEALTHY),
+        StreamEnd.FAILED: (Mode.STREAM, Tally.ADD),
+        # Nothing answers at all: polling would fail the same way, so keep trying the
+        # stream, which resumes the moment agentapi is back.
+        StreamEnd.DOWN: (Mode.STREAM, Tally.RESET),
+        StreamEnd.MISSING: (Mode.POLL, Tally.RESET),
+        # agentapi holds the stream but does not feed it: /status and /messages may still
+        # answer, and if they do not, polling says agentapi is gone.
+        StreamEnd.STALLED: (Mode.POLL, Tally.RESET),
+    }
+)
 
 
 class AgentapiSource:
     __slots__ = (
         "_backoff",
-        "_chunks_read",
         "_client",
         "_clock",
-        "_down_attempts",
-        "_event_counters",
+        "_dispatcher",
+        "_downs",
         "_first_frame_timeout",
         "_frames_too_large",
         "_invalid",
@@ -85,8 +89,6 @@ class AgentapiSource:
         "_probe_interval",
         "_reachable",
         "_stream_retry",
-        "_stream_spoke",
-        "_stream_status",
     )
 
     def __init__(
@@ -118,14 +120,12 @@ class AgentapiSource:
         self._backoff = backoff or Backoff(base=0.25, cap=5.0)
         self._clock = clock
         self._invalid = InvalidCounter(metrics.invalid)
-        self._event_counters: dict[str, Counter] = {}
+        self._dispatcher = Dispatcher(listener, metrics, self._invalid)
         self._reachable: bool | None = None
-        self._down_attempts = 0
+        # Connects in a row that nothing answered (the back-off while agentapi is absent);
+        # ended by a stream that speaks.
+        self._downs = 0
         self._frames_too_large = metrics.frames_dropped.labels(reason="too_large")
-        # What the open stream last said, for the probe to compare against.
-        self._stream_spoke = False
-        self._stream_status: AgentStatus | None = None
-        self._chunks_read = 0
 
     def _set_reachable(self, reachable: bool) -> None:
         if reachable == self._reachable:
@@ -143,31 +143,23 @@ class AgentapiSource:
         while True:
             started = self._clock()
             outcome = await self._stream_once()
-            if outcome is StreamEnd.ENDED:
-                failures = 0 if self._clock() - started >= _HEALTHY_STREAM_S else failures + 1
-            elif outcome is StreamEnd.DOWN:
-                # agentapi is not there at all: polling would fail the same way, so keep
-                # trying the stream, which resumes the moment agentapi is back.
+            mode, tally = AFTER[outcome]
+            if tally is Tally.RESET:
                 failures = 0
-            elif outcome is StreamEnd.MISSING:
-                log.warning("agentapi.events_missing", fallback="polling")
-                await self._poll(until=self._clock() + self._stream_retry)
-                continue
-            elif outcome is StreamEnd.STALLED:
-                # agentapi holds the stream but does not feed it: /status and /messages
-                # may still answer, and if they do not, polling says agentapi is gone.
-                await self._poll(until=self._clock() + self._stream_retry)
-                failures = 0
-                continue
-            else:
+            elif tally is Tally.ADD or self._clock() - started < _HEALTHY_STREAM_S:
                 failures += 1
-            if failures >= _STREAM_FAILURES_BEFORE_POLLING:
-                log.warning("agentapi.stream_failing", failures=failures, fallback="polling")
-                await self._poll(until=self._clock() + self._stream_retry)
+            else:
                 failures = 0
+            if mode is Mode.STREAM and failures >= _STREAM_FAILURES_BEFORE_POLLING:
+                log.warning("agentapi.stream_failing", failures=failures, fallback="polling")
+                mode, failures = Mode.POLL, 0
+            if mode is Mode.POLL:
+                if outcome is StreamEnd.MISSING:
+                    log.warning("agentapi.events_missing", fallback="polling")
+                await self._poll(until=self._clock() + self._stream_retry)
                 continue
-            attempt = self._down_attempts - 1 if outcome is StreamEnd.DOWN else failures - 1
-            await asyncio.sleep(self._backoff.delay(max(attempt, 0)))
+            attempt = self._downs if outcome is StreamEnd.DOWN else failures
+            await asyncio.sleep(self._backoff.delay(max(attempt - 1, 0)))
 
     # --- SSE --------------------------------------------------------------------------------
 
@@ -175,10 +167,9 @@ class AgentapiSource:
         try:
             async with self._client.events() as chunks:
                 self._listener.on_event(ReplayStarted())
-                self._stream_spoke = False
-                self._stream_status = None
-                reader = asyncio.create_task(self._read(chunks))
-                prober = asyncio.create_task(self._probe())
+                conn = Connection()
+                reader = asyncio.create_task(self._read(chunks, conn))
+                prober = asyncio.create_task(self._probe(conn))
                 try:
                     await asyncio.wait((reader, prober), return_when=asyncio.FIRST_COMPLETED)
                 finally:
@@ -200,7 +191,7 @@ class AgentapiSource:
             self._set_reachable(False)
             log.debug("agentapi.connect_failed", error=str(exc))
             if exc.status is None:
-                self._down_attempts += 1
+                self._downs += 1
                 return StreamEnd.DOWN
             return StreamEnd.FAILED
         outcome = StreamEnd.ENDED
@@ -218,7 +209,7 @@ class AgentapiSource:
             self._set_reachable(False)
         return outcome
 
-    async def _read(self, chunks: AsyncIterator[bytes]) -> StreamEnd:
+    async def _read(self, chunks: AsyncIterator[bytes], conn: Connection) -> StreamEnd:
         """Reads the stream to its end: ENDED at EOF or after dropping an oversized frame
         (reconnecting brings a fresh replay), STALLED when no first frame came in time."""
         parser = SSEParser(max_frame=self._max_frame)
@@ -245,22 +236,22 @@ class AgentapiSource:
                         fallback="polling",
                     )
                     return StreamEnd.STALLED
-                self._chunks_read += 1
+                conn.chunks += 1
                 frames = parser.feed(chunk)
                 if frames:
-                    self._live()
-                    self._deliver(frames)
+                    self._live(conn)
+                    self._dispatcher.deliver(frames, conn)
                     break
-            deliver = self._deliver
+            deliver = self._dispatcher.deliver
             async for chunk in stream:
-                self._chunks_read += 1
+                conn.chunks += 1
                 frames = parser.feed(chunk)
                 if frames:
-                    deliver(frames)
+                    deliver(frames, conn)
         except FrameTooLarge as exc:
             if exc.frames:
-                self._live()
-                self._deliver(exc.frames)
+                self._live(conn)
+                self._dispatcher.deliver(exc.frames, conn)
             self._frames_too_large.inc()
             log.warning(
                 "agentapi.frame_too_large",
@@ -271,53 +262,13 @@ class AgentapiSource:
         log.info("agentapi.stream_ended")
         return StreamEnd.ENDED
 
-    def _live(self) -> None:
+    def _live(self, conn: Connection) -> None:
         """The stream spoke: agentapi is there."""
-        self._stream_spoke = True
+        conn.spoke = True
         self._set_reachable(True)
-        self._down_attempts = 0
+        self._downs = 0
 
-    def _deliver(self, frames: list[SSEEvent]) -> None:
-        dispatch = self._dispatch
-        # Counted once per chunk and type: a metrics increment per event would cost
-        # as much as parsing it.
-        counts: dict[str, int] = {}
-        for frame in frames:
-            counts[frame.event] = counts.get(frame.event, 0) + 1
-            dispatch(frame.event, frame.data)
-        for event_type, n in counts.items():
-            self._event_counter(event_type).inc(n)
-        if "status_change" in counts:
-            self._note_status(frames)
-
-    def _note_status(self, frames: list[SSEEvent]) -> None:
-        # Status changes are rare: parsing the newest one again is cheaper than looking
-        # at the type of every event on the hot path.
-        for frame in reversed(frames):
-            if frame.event == "status_change":
-                event = parse_sse_event(frame.event, frame.data)
-                if isinstance(event, StatusChange):
-                    self._stream_status = event.status
-                    return
-
-    def _event_counter(self, event_type: str) -> Counter:
-        counter = self._event_counters.get(event_type)
-        if counter is None:
-            # Label values stay a closed set whatever agentapi sends.
-            label = event_type if event_type in _KNOWN_EVENTS else "other"
-            counter = self._event_counters[event_type] = self._metrics.events.labels(type=label)
-        return counter
-
-    def _dispatch(self, event_type: str, data: str) -> None:
-        event = parse_sse_event(event_type, data)
-        if event is None:
-            return
-        if isinstance(event, Invalid):
-            self._invalid(event, origin="events")
-            return
-        self._listener.on_event(event)
-
-    async def _probe(self) -> StreamEnd:
+    async def _probe(self, conn: Connection) -> StreamEnd:
         """Returns ENDED when agentapi stopped answering /status (a hung agentapi keeps its
         socket open, so EOF alone would never tell), STALLED when /status contradicts
         the stream and the stream stays silent."""
@@ -335,19 +286,19 @@ class AgentapiSource:
                     return StreamEnd.ENDED
                 continue
             misses = 0
-            if not self._stream_spoke:
+            if not conn.spoke:
                 continue  # the first-frame deadline rules until then
-            if status == self._stream_status:
+            if status == conn.status:
                 doubt = None
-            elif doubt != self._chunks_read:
+            elif doubt != conn.chunks:
                 # The first contradiction may just be the probe overtaking the stream's
                 # status_change; anything the stream sends resets the doubt.
-                doubt = self._chunks_read
+                doubt = conn.chunks
             else:
                 log.warning(
                     "agentapi.stream_stalled",
                     reason="status_contradicted",
-                    stream_status=self._stream_status,
+                    stream_status=conn.status,
                     probed_status=status,
                     fallback="polling",
                 )

@@ -8,7 +8,6 @@ policy lives in one place per caller and can be tested without a network.
 from __future__ import annotations
 
 import asyncio
-import enum
 import json
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import aiohttp
 import structlog
 
 from sidecar.backoff import parse_retry_after
+from sidecar.coder.outcomes import JSON_OK, RULES, SNAPSHOT_STORED, Expect, Outcome, Step, classify
 from sidecar.coder.token import TokenSource
 from sidecar.models import AppState
 
@@ -28,16 +28,6 @@ log = structlog.get_logger(__name__)
 TOKEN_HEADER: Final = "Coder-Session-Token"  # noqa: S105 (a header name)
 _DETAIL_MAX: Final = 300
 _VERSION_MAX: Final = 64
-
-
-class Outcome(enum.Enum):
-    OK = "ok"
-    RETRY = "retry"
-    REJECTED = "rejected"
-    NOT_FOUND = "not_found"  # the resource (the task) is unknown to this server
-    NO_ROUTE = "no_route"  # this server has no such endpoint at all (a Coder without Tasks)
-    UNAUTHORIZED = "unauthorized"
-    REDIRECT = "redirect"  # Coder is not at CODER_AGENT_URL; never followed
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,28 +42,12 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        return self.outcome is Outcome.OK
+        return RULES[self.outcome].step is Step.ACCEPTED
 
-
-# coderd's answer for a path it has no route for, as opposed to an unknown resource.
-ROUTE_NOT_FOUND: Final = "Route not found."
-
-
-def classify(status: int | None, message: str | None = None) -> Outcome:
-    """The one retry classifier. None means no HTTP answer (refused, reset, timed out);
-    `message` is the `message` field of Coder's error body, which tells a 404 for a
-    missing route from one for a missing resource."""
-    if status is None or status in (408, 429) or status >= 500:
-        return Outcome.RETRY
-    if 200 <= status < 300:
-        return Outcome.OK
-    if 300 <= status < 400:
-        return Outcome.REDIRECT
-    if status in (401, 403):
-        return Outcome.UNAUTHORIZED
-    if status == 404:
-        return Outcome.NO_ROUTE if message == ROUTE_NOT_FOUND else Outcome.NOT_FOUND
-    return Outcome.REJECTED
+    @classmethod
+    def unanswered(cls, detail: str, latency_ms: float = 0.0) -> Result:
+        """No HTTP answer came (refused, reset, timed out, or the call itself failed)."""
+        return cls(Outcome.RETRY, None, detail, None, latency_ms)
 
 
 def _error_fields(body: bytes) -> tuple[str | None, str]:
@@ -117,34 +91,37 @@ class CoderClient:
         return await self._request(
             "POST",
             f"/api/v2/workspaceagents/me/tasks/{task_id}/log-snapshot",
+            SNAPSHOT_STORED,
             params={"format": "agentapi"},
             body=body,
             timeout=timeout,
         )
 
     async def patch_app_status(
-        self, *, slug: str, state: AppState, message: str, uri: str
+        self, *, slug: str, state: AppState, message: str, uri: str, timeout: float | None = None
     ) -> Result:
         payload = {"app_slug": slug, "state": str(state), "message": message, "uri": uri}
         return await self._request(
             "PATCH",
             "/api/v2/workspaceagents/me/app-status",
+            JSON_OK,
             body=json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(),
+            timeout=timeout,
         )
 
     async def probe_token(self) -> Result:
         """A harmless authenticated GET, to tell a rejected token from a dead server."""
-        return await self._request("GET", "/api/v2/workspaceagents/me/gitsshkey")
+        return await self._request("GET", "/api/v2/workspaceagents/me/gitsshkey", JSON_OK)
 
     async def server_version(self) -> str | None:
         """The server's version (`GET /api/v2/buildinfo`, which needs no token), or None
         when it cannot be read."""
-        result = await self._request("GET", "/api/v2/buildinfo", authenticated=False)
+        result = await self._request("GET", "/api/v2/buildinfo", JSON_OK, authenticated=False)
         if not result.ok:
             return None
         try:
             version = json.loads(result.body).get("version")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             return None
         return version[:_VERSION_MAX] if isinstance(version, str) and version else None
 
@@ -155,6 +132,7 @@ class CoderClient:
         self,
         method: str,
         path: str,
+        expect: Expect,
         *,
         params: dict[str, str] | None = None,
         body: bytes | None = None,
@@ -185,15 +163,14 @@ class CoderClient:
                 retry_after_header = resp.headers.get("Retry-After")
                 location = resp.headers.get("Location")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return Result(
-                outcome=Outcome.RETRY,
-                status=None,
-                detail=_describe(exc),
-                retry_after=None,
-                latency_ms=(time.monotonic() - started) * 1000,
-            )
-        message, detail = _error_fields(payload) if not 200 <= status < 300 else (None, "")
-        outcome = classify(status, message)
+            return Result.unanswered(_describe(exc), (time.monotonic() - started) * 1000)
+        success = 200 <= status < 300
+        message, detail = (None, "") if success else _error_fields(payload)
+        outcome = classify(
+            status, expect=expect, message=message, json_body=success and _is_object(payload)
+        )
+        if outcome is Outcome.NOT_CODER:
+            detail = f"HTTP {status} {resp.content_type or 'without a content type'}"
         return Result(
             outcome=outcome,
             status=status,
@@ -203,6 +180,13 @@ class CoderClient:
             location=location if outcome is Outcome.REDIRECT else None,
             body=payload,
         )
+
+
+def _is_object(body: bytes) -> bool:
+    try:
+        return isinstance(json.loads(body), dict)
+    except (ValueError, RecursionError):
+        return False
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,40 +1,34 @@
 """How long to wait after a failed call to Coder: one schedule for snapshots and statuses.
 
-Pure. The outcome decides the regime: a transient failure retries in seconds (or when
-`Retry-After` says), a 404 in minutes (the task is unknown, which does not heal
-quickly), a missing route in about an hour (a Coder without the endpoint changes only
-when it is upgraded or reconfigured), a 401/403 at once when the token file has changed
-and with a slow back-off otherwise, and a redirect (a configuration problem) slowly too.
+Pure. The outcome's rule (sidecar.coder.outcomes) names the schedule; this module holds
+the figures: a transient failure retries in seconds (or when `Retry-After` says), a task
+unknown to the server in minutes, a missing route in about an hour, and a configuration
+problem (a rejected token, a redirect, an answer that is not Coder's) slowly, except that a
+rejected token retries at once when the token file has changed.
+
+At stop (`final`), every failure that seconds may still heal retries on the transient
+schedule: a back-off of minutes would only use up the budget that the spool waits for.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Final
 
 from sidecar.backoff import Backoff
-from sidecar.coder.client import Outcome, Result
+from sidecar.coder.client import Result
+from sidecar.coder.outcomes import RULES, Outcome, Schedule, Step
 
 NOT_FOUND_FLOOR_S: Final = 60.0
-UNAUTHORIZED_FLOOR_S: Final = 1.0
+CONFIG_FLOOR_S: Final = 1.0
 NO_ROUTE_FLOOR_S: Final = 3000.0
-# Outcomes that seconds cannot heal: at stop they are not retried within the budget.
-_LASTING: Final = frozenset((Outcome.NO_ROUTE, Outcome.REDIRECT))
 
 
 class RetryPolicy:
     """Back-off schedules plus the current run of failures. One instance per caller: the
     uploader and the relay fail independently."""
 
-    __slots__ = (
-        "_outcome",
-        "_streak",
-        "auth",
-        "failures",
-        "no_route",
-        "no_route_floor",
-        "not_found",
-        "transient",
-    )
+    __slots__ = ("_floors", "_outcome", "_schedules", "_streak", "failures", "final", "transient")
 
     def __init__(
         self,
@@ -44,25 +38,32 @@ class RetryPolicy:
         auth: Backoff | None = None,
         no_route: Backoff | None = None,
         no_route_floor: float = NO_ROUTE_FLOOR_S,
+        rng: random.Random | None = None,
     ) -> None:
-        self.transient = transient or Backoff(base=0.5, cap=30.0)
-        self.not_found = not_found or Backoff(base=60.0, cap=540.0)
-        # 401/403 and redirects: the configuration or the credentials must change.
-        self.auth = auth or Backoff(base=5.0, cap=300.0)
-        self.no_route = no_route or Backoff(base=600.0, cap=600.0)
-        self.no_route_floor = no_route_floor
+        """Each schedule not given is the default, drawing from `rng`."""
+        self.transient = transient or Backoff(base=0.5, cap=30.0, rng=rng)
+        self._schedules: dict[Schedule, tuple[float, Backoff]] = {
+            Schedule.NOT_FOUND: (
+                NOT_FOUND_FLOOR_S,
+                not_found or Backoff(base=60.0, cap=540.0, rng=rng),
+            ),
+            Schedule.CONFIG: (CONFIG_FLOOR_S, auth or Backoff(base=5.0, cap=300.0, rng=rng)),
+            Schedule.NO_ROUTE: (
+                no_route_floor,
+                no_route or Backoff(base=600.0, cap=600.0, rng=rng),
+            ),
+        }
+        self.final = False  # a stop is under way: see the module's docstring
         self.failures = 0  # in a row, of any kind: what logs call the attempt
         self._outcome: Outcome | None = None
         self._streak = 0  # in a row with the same outcome: what the back-off grows on
 
-    def failed(
-        self, result: Result, *, token_changed: bool = False, stopping: bool = False
-    ) -> float:
+    def failed(self, result: Result, *, token_changed: bool = False) -> float:
         """Record a failure and return the seconds to wait. The back-off grows only over
         failures of one kind, so a 401 after a run of refused connections starts short."""
         if result.outcome is not self._outcome:
             self._outcome, self._streak = result.outcome, 0
-        delay = self.delay(result, self._streak, token_changed=token_changed, stopping=stopping)
+        delay = self.delay(result, self._streak, token_changed=token_changed)
         self._streak += 1
         self.failures += 1
         return delay
@@ -76,23 +77,19 @@ class RetryPolicy:
         self.failures = self._streak = 0
         self._outcome = None
 
-    def delay(
-        self, result: Result, attempt: int, *, token_changed: bool = False, stopping: bool = False
-    ) -> float:
-        """Seconds before the next try; `attempt` counts failures so far, from 0. At stop
-        (`stopping`) the transient schedule serves every failure that a retry within
-        seconds may still heal: a back-off of minutes would only use up the budget that
-        the spool is waiting for."""
-        if result.outcome is Outcome.REJECTED or result.outcome is Outcome.OK:
+    def delay(self, result: Result, attempt: int, *, token_changed: bool = False) -> float:
+        """Seconds before the next try; `attempt` counts failures so far, from 0."""
+        rule = RULES[result.outcome]
+        if rule.step is not Step.RETRY:
             raise ValueError(f"{result.outcome.value} is final, not retried")
-        if result.outcome is Outcome.UNAUTHORIZED and token_changed:
+        if rule.reload_token and token_changed:
             return 0.0
-        if result.outcome is Outcome.RETRY or (stopping and result.outcome not in _LASTING):
+        schedule = rule.schedule
+        if self.final and not rule.lasting:
+            schedule = Schedule.TRANSIENT
+        if schedule is Schedule.TRANSIENT:
             if result.retry_after is not None:
                 return result.retry_after
             return self.transient.delay(attempt)
-        if result.outcome is Outcome.NOT_FOUND:
-            return NOT_FOUND_FLOOR_S + self.not_found.delay(attempt)
-        if result.outcome is Outcome.NO_ROUTE:
-            return self.no_route_floor + self.no_route.delay(attempt)
-        return UNAUTHORIZED_FLOOR_S + self.auth.delay(attempt)
+        floor, backoff = self._schedules[schedule]
+        return floor + backoff.delay(attempt)

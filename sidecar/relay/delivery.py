@@ -7,7 +7,6 @@ against what the server last *accepted*, so a reconnect's replay re-sends nothin
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections.abc import Callable
@@ -16,8 +15,9 @@ from typing import Final, Protocol
 import structlog
 
 from sidecar.backoff import Backoff, Deadline
-from sidecar.coder.client import Outcome, Result
-from sidecar.coder.delivery import Decision, Delivery, SinkEvents, Step, wait_event
+from sidecar.coder.client import Result
+from sidecar.coder.delivery import Decision, Delivery, SlotLoop
+from sidecar.coder.outcomes import Sink, Step
 from sidecar.coder.retry import RetryPolicy
 from sidecar.log import remove_secrets
 from sidecar.models import AgentError, AppState, Event
@@ -25,21 +25,14 @@ from sidecar.relay.policy import ErrorNews, RelayPolicy, StatusReport
 from sidecar.runtime.metrics import Metrics
 from sidecar.summary import fit_bytes
 
-__all__ = ["Relay", "StatusClient", "retry_policy"]
+__all__ = ["IDLE_SETTLE_S", "Relay", "StatusClient", "retry_policy"]
 
 log = structlog.get_logger(__name__)
 
 _LOGGED_ERROR_CHARS: Final = 500
-_EVENTS: Final = SinkEvents(
-    prefix="relay",
-    accepted="relay.patched",
-    not_found="relay.not_found",
-    no_route="relay.no_route",
-    no_route_hint="this Coder has no app-status endpoint, or something in front of it "
-    "hides it; checked again hourly",
-    not_found_hint="Coder does not know the app-status endpoint (too old?) or a proxy is in "
-    "the way",
-)
+# A turn's last words often land just after `stable`: an idle report waits this long so
+# that one report carries them, not two.
+IDLE_SETTLE_S: Final = 0.3
 
 
 def retry_policy(rng: random.Random | None = None) -> RetryPolicy:
@@ -54,7 +47,7 @@ class StatusClient(Protocol):
     """What the relay needs of sidecar.coder.client.CoderClient."""
 
     async def patch_app_status(
-        self, *, slug: str, state: AppState, message: str, uri: str
+        self, *, slug: str, state: AppState, message: str, uri: str, timeout: float | None = None
     ) -> Result: ...
 
     async def reload_token(self) -> bool: ...
@@ -71,18 +64,14 @@ class Relay:
         "_delivery",
         "_grace",
         "_idle_settle",
-        "_inflight",
+        "_loop",
         "_metrics",
         "_min_interval",
         "_policy",
         "_rejected",
-        "_running",
         "_slug",
-        "_stopped",
-        "_stopping",
         "_unreachable_reported",
         "_unreachable_since",
-        "_wake",
         "_wanted_since",
         "_wanted_state",
     )
@@ -97,7 +86,7 @@ class Relay:
         grace: float = 30.0,
         min_interval: float = 1.0,
         retry: RetryPolicy | None = None,
-        idle_settle: float = 0.3,
+        idle_settle: float = IDLE_SETTLE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not grace >= 0:
@@ -111,8 +100,9 @@ class Relay:
         self._grace = grace
         self._min_interval = min_interval
         self._delivery = Delivery(
-            events=_EVENTS, credentials=client, retry=retry or retry_policy(), clock=clock
+            sink=Sink.STATUS, credentials=client, retry=retry or retry_policy(), clock=clock
         )
+        self._loop = SlotLoop(self, self._delivery, clock=clock)
         self._idle_settle = idle_settle
         self._clock = clock
 
@@ -122,11 +112,6 @@ class Relay:
         self._rejected: StatusReport | None = None
         self._unreachable_since: float | None = None
         self._unreachable_reported = False
-        self._wake = asyncio.Event()
-        self._stopped = asyncio.Event()
-        self._stopping = False
-        self._running = False
-        self._inflight: asyncio.Task[Result] | None = None
 
     # --- what the rest of the daemon sees ---------------------------------------------------
 
@@ -155,7 +140,7 @@ class Relay:
             # The settle for an idle report runs from when the state turned, so text that
             # keeps changing cannot hold the report back for longer.
             self._wanted_state, self._wanted_since = wanted.state, self._clock()
-        self._wake.set()
+        self._loop.wake()
 
     @staticmethod
     def _log_error(event: AgentError, news: ErrorNews) -> None:
@@ -171,13 +156,13 @@ class Relay:
     def credentials_changed(self) -> None:
         """The token file was rotated: a 401 back-off in progress is pointless now."""
         if self._delivery.credentials_changed():
-            self._wake.set()
+            self._loop.wake()
 
     def set_agent_reachable(self, reachable: bool) -> None:
         if not reachable:
             if self._unreachable_since is None:
                 self._unreachable_since = self._clock()
-                self._wake.set()  # run() arms the grace timer
+                self._loop.wake()  # run() arms the grace timer
             return
         if self._unreachable_since is None:
             return
@@ -188,35 +173,29 @@ class Relay:
             wanted = self._policy.agent_reachable()
             if wanted is not None:
                 self._want(wanted)
-            self._wake.set()
+            self._loop.wake()
 
     # --- the loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        if self._running:
-            raise RuntimeError("Relay.run() is already running")
-        self._running = True
-        self._stopped.clear()
-        try:
-            while not self._stopping:
-                self._wake.clear()
-                now = self._clock()
-                timeout = self._check_grace(now)
-                report = self._due_report()
-                if report is not None:
-                    due = self._delivery.ready_at(self._min_interval)
-                    if report.state is AppState.IDLE:
-                        # A turn's last words often land just after `stable`: wait a
-                        # moment so one idle report carries them, not two.
-                        due = max(due, self._wanted_since + self._idle_settle)
-                    if due <= now:
-                        await self._send(report)
-                        continue
-                    timeout = due - now if timeout is None else min(timeout, due - now)
-                await wait_event(self._wake, timeout)
-        finally:
-            self._running = False
-            self._stopped.set()
+        await self._loop.run()
+
+    def next_due(self, now: float) -> float | None:
+        left = self._check_grace(now)
+        due = None if left is None else now + left
+        report = self._due_report()
+        if report is not None:
+            ready = self._delivery.ready_at(self._min_interval)
+            if report.state is AppState.IDLE:
+                # A turn's last words often land just after `stable`: wait a moment so
+                # one idle report carries them, not two.
+                ready = max(ready, self._wanted_since + self._idle_settle)
+            due = ready if due is None else min(due, ready)
+        return due
+
+    async def send(self, timeout: float | None) -> Decision | None:
+        report = self._due_report()
+        return None if report is None else await self._send(report, timeout)
 
     def _check_grace(self, now: float) -> float | None:
         """Report the agent as not responding once the grace period is over; else the
@@ -240,41 +219,23 @@ class Relay:
             return None
         return wanted
 
-    async def _send(self, report: StatusReport, *, stopping: bool = False) -> Decision | None:
-        """One PATCH of `report`, recorded; None when stop() cut it short."""
+    async def _send(self, report: StatusReport, timeout: float | None) -> Decision:
+        """One PATCH of `report`, recorded."""
         self._delivery.sending()
-        # A task of its own, so stop() can abandon it without cancelling run().
         # A summary may quote the token (an agent that printed its environment).
         message = fit_bytes(remove_secrets(report.message))
-        task = asyncio.create_task(
+        result = await self._delivery.call(
             self._client.patch_app_status(
-                slug=self._slug, state=report.state, message=message, uri=report.uri
+                slug=self._slug,
+                state=report.state,
+                message=message,
+                uri=report.uri,
+                timeout=timeout,
             )
         )
-        self._inflight = task
-        try:
-            await asyncio.wait((task,))
-        finally:
-            self._inflight = None
-            if not task.done():  # our caller was cancelled (a stop deadline)
-                task.cancel()
-                await asyncio.wait((task,))
-        if task.cancelled():
-            return None
-        exc = task.exception()
-        if exc is not None:
-            # The client reports failures as values; anything else is a bug worth a
-            # traceback, but not worth losing the relay over.
-            log.error("relay.client_error", exc_info=exc)
-            result = Result(Outcome.RETRY, None, type(exc).__name__, None, 0.0)
-        else:
-            result = task.result()
         self._metrics.relay_patches.labels(result=result.outcome.value).inc()
         decision = await self._delivery.record(
-            result,
-            stopping=stopping,
-            state=str(report.state),
-            message_bytes=len(report.message.encode()),
+            result, state=str(report.state), message_bytes=len(report.message.encode())
         )
         if decision.step is Step.ACCEPTED:
             self._accepted = report
@@ -287,33 +248,20 @@ class Relay:
     # --- stop -------------------------------------------------------------------------------
 
     async def stop(self, on_stop: AppState | None, timeout: float) -> bool:
-        """Stop `run()`, abandoning a PATCH in flight. With `on_stop`, send that state
-        (with the current summary) within `timeout`. True when it was delivered or nothing
-        was needed. Safe to call twice."""
+        """Stop `run()`; a PATCH in flight may finish within `timeout`. With `on_stop`,
+        send that state (with the current summary) within `timeout`, at the same rate
+        limit. True when it was delivered or nothing was needed. Safe to call twice."""
+
+        async def last_word(left: float | None) -> Decision | None:
+            assert on_stop is not None
+            report = self._policy.stop_report(on_stop)
+            return None if report == self._accepted else await self._send(report, left)
+
         deadline = Deadline(timeout, clock=self._clock)
-        self._stopping = True
-        self._wake.set()
-        if self._inflight is not None:
-            self._inflight.cancel()
-        if self._running:
-            try:
-                async with asyncio.timeout(deadline.remaining()):
-                    await self._stopped.wait()
-            except TimeoutError:
-                log.warning("relay.stop_timeout")
-                return on_stop is None
-        if on_stop is None:
-            return True
-        report = self._policy.stop_report(on_stop)
-        if report == self._accepted:
-            return True
-        # The rate limit still holds; a back-off the server asked for gets one more try.
-        self._delivery.lift_backoff()
-        step = await self._delivery.settle(
-            lambda: self._send(report, stopping=True), deadline, gap=self._min_interval
+        step = await self._loop.stop(
+            deadline, None if on_stop is None else last_word, gap=self._min_interval
         )
-        if step is Step.ACCEPTED:
-            return True
         if step is Step.RETRY:
-            log.warning("relay.stop_incomplete", state=str(report.state))
-        return False
+            assert on_stop is not None
+            log.warning("relay.stop_incomplete", state=str(on_stop))
+        return step is None or step is Step.ACCEPTED

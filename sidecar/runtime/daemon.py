@@ -15,47 +15,32 @@ from typing import Any, Final, TypeVar
 import aiohttp
 import structlog
 
-from sidecar.agentapi.client import AgentapiClient
-from sidecar.agentapi.source import AgentapiSource
 from sidecar.agentapi.statefile import StateFileSource
 from sidecar.backoff import Deadline
-from sidecar.coder.client import CoderClient
-from sidecar.coder.session import make_session, make_token
-from sidecar.coder.token import TokenSource
-from sidecar.config import ConfigError
+from sidecar.coder.session import make_session
 from sidecar.hub import Hub
-from sidecar.mirror import Mirror
-from sidecar.relay.delivery import Relay
-from sidecar.relay.policy import RelayPolicy
+from sidecar.pipeline import Clients, Clocks, Options, Pipeline, build_pipeline
 from sidecar.runtime.health import HealthServer, Readiness
 from sidecar.runtime.lock import DaemonLock, LockHeld
 from sidecar.runtime.metrics import InvalidCounter, Metrics
 from sidecar.runtime.signals import stop_signals
+from sidecar.runtime.supervise import RESTART_PAUSE_S, Supervisor
 from sidecar.runtime.systemd import Notifier
 from sidecar.runtime.watch import watch_file
 from sidecar.settings import Settings
+from sidecar.slot import FlushOutcome
 from sidecar.spool import Spool, Spooled
-from sidecar.uploader import FlushOutcome, Uploader
+from sidecar.uploader import Uploader
+from sidecar.variables import ConfigError
 
 log = structlog.get_logger(__name__)
 
 _READY_AT_LATEST_S: Final = 5.0
-_CRASH_RESTART_S: Final = 1.0
+# The parts that read: stopped first, so that the mirror is final when the flush begins.
+_READERS: Final = ("agentapi", "statefile", "token")
 
 T = TypeVar("T")
-
-
-async def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
-    """A component that crashes is logged and restarted; the daemon itself keeps going."""
-    while True:
-        try:
-            await run()
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("task.crashed", task=name, restart_in_s=_CRASH_RESTART_S)
-            await asyncio.sleep(_CRASH_RESTART_S)
+MakeClients = Callable[[Settings, aiohttp.ClientSession], Clients]
 
 
 @dataclass(slots=True)
@@ -63,23 +48,32 @@ class _Parts:
     """What `_build` makes from Settings; `_serve` runs it and `_shutdown` stops it."""
 
     notifier: Notifier
-    token: TokenSource
-    hub: Hub
-    agentapi: AgentapiSource
-    uploader: Uploader | None
-    relay: Relay | None
+    clients: Clients
+    pipeline: Pipeline
     statefile: StateFileSource | None
     health: HealthServer | None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
 
 class Daemon:
-    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
+    """`make_clients` builds the clients from the settings and the session (tests hand in
+    clients that misbehave as no real server would)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metrics: Metrics | None = None,
+        make_clients: MakeClients = Clients.from_settings,
+        supervisor_pause: float = RESTART_PAUSE_S,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.stop_requested = asyncio.Event()
         self._forced = asyncio.Event()
+        self._make_clients = make_clients
+        self._supervisor = Supervisor(on_give_up=self._gave_up, pause=supervisor_pause)
 
     def request_stop(self, signame: str) -> None:
         """A stop signal arrived. The first asks for the final flush; SIGTERM or SIGHUP
@@ -94,11 +88,16 @@ class Daemon:
             log.warning("shutdown.forced", signal=signame, note="final flush cut short")
             self._forced.set()
 
+    def _gave_up(self, part: str) -> None:
+        """A part crashed in a loop: stop as on a signal, and exit 1."""
+        log.error("shutdown.requested", reason="crash_loop", task=part)
+        self.stop_requested.set()
+
     async def run(self) -> int:
         """Serve until a stop signal, then stop in order. 0 when the final snapshot was
         delivered or kept (or another daemon already serves this state directory); 1
-        when it was lost, or a second SIGINT cut the flush short. Raises ConfigError when
-        the health listener cannot bind."""
+        when it was lost, a second SIGINT cut the flush short, or a part crashed in a
+        loop. Raises ConfigError when the health listener cannot bind."""
         lock = DaemonLock(self.settings.state_dir)
         with stop_signals(self.request_stop):
             try:
@@ -115,7 +114,7 @@ class Daemon:
             await self.stop_requested.wait()
             outcome = await self._shutdown(parts)
         code = self._report(outcome)
-        lock.record(snapshot=outcome.value if outcome is not None else "off", exit=code)
+        lock.record(snapshot=outcome.value, exit=code)
         return code
 
     def _lock(self, lock: DaemonLock) -> bool:
@@ -142,16 +141,20 @@ class Daemon:
             )
         return True
 
-    def _report(self, outcome: FlushOutcome | None) -> int:
+    def _report(self, outcome: FlushOutcome) -> int:
         forced = self._forced.is_set()
+        crashed = self._supervisor.gave_up
         log.info(
             "shutdown.complete",
-            snapshot=outcome.value if outcome is not None else "off",
+            snapshot=outcome.value,
             snapshot_delivered=outcome is FlushOutcome.DELIVERED,
             spooled=outcome is FlushOutcome.SPOOLED,
             forced=forced,
+            crashed=list(crashed),
         )
-        if outcome is None or outcome.delivered:
+        if crashed:
+            return 1
+        if outcome.delivered:
             return 0
         return 1 if forced or outcome in (FlushOutcome.LOST, FlushOutcome.REJECTED) else 0
 
@@ -160,58 +163,40 @@ class Daemon:
     def _build(self, session: aiohttp.ClientSession) -> _Parts:
         s = self.settings
         notifier = Notifier(s.notify_socket, s.watchdog_usec)
-        token = make_token(s)
-        coder = CoderClient(
-            session=session,
-            base_url=s.coder_agent_url,
-            token=token,
-            timeout=s.sidecar_http_timeout,
-        )
-        mirror = Mirror(s.sidecar_snapshot_max_messages)
-        uploader, recovered = self._make_uploader(coder, mirror)
-        relay = self._make_relay(coder)
-        hub = Hub(
-            mirror=mirror,
-            uploader=uploader,
-            relay=relay,
-            # A body spooled at the last stop is as new as its file: a state file that is
-            # older, or adds nothing to it, must not replace it.
-            held_at=recovered.written_at if recovered is not None else 0.0,
-            recovered=recovered.messages if recovered is not None else (),
-            status_text=notifier.status,
-        )
-        agentapi = AgentapiSource(
-            client=AgentapiClient(session=session, base_url=s.coder_mcp_ai_agentapi_url),
-            listener=hub,
+        clients = self._make_clients(s, session)
+        if s.coder_mcp_app_status_slug is None:
+            log.info("relay.disabled", reason="CODER_MCP_APP_STATUS_SLUG is not set")
+        spool, recovered = self._load_spool()
+        pipeline = build_pipeline(
+            clients,
+            Clocks(),
+            Options.from_settings(s),
             metrics=self.metrics,
-            probe_interval=s.sidecar_agentapi_probe_interval,
+            spool=spool,
+            recovered=recovered,
+            status_text=notifier.status,
         )
         statefile = None
         if s.agentapi_state_file is not None:
             statefile = StateFileSource(
                 path=s.agentapi_state_file,
-                on_read=hub.on_statefile,
+                on_read=pipeline.hub.on_statefile,
                 invalid=InvalidCounter(self.metrics.invalid),
             )
         return _Parts(
             notifier=notifier,
-            token=token,
-            hub=hub,
-            agentapi=agentapi,
-            uploader=uploader,
-            relay=relay,
+            clients=clients,
+            pipeline=pipeline,
             statefile=statefile,
-            health=self._make_health(hub, uploader, statefile),
+            health=self._make_health(pipeline.hub, pipeline.uploader, statefile),
         )
 
-    def _make_uploader(
-        self, coder: CoderClient, mirror: Mirror
-    ) -> tuple[Uploader | None, Spooled | None]:
+    def _load_spool(self) -> tuple[Spool | None, Spooled | None]:
         s = self.settings
         if s.coder_task_id is None:
             log.warning("snapshot.disabled", reason="CODER_TASK_ID is not set")
             return None, None
-        spool = Spool(s.state_dir, s.coder_task_id)
+        spool = Spool(s.state_dir, s.coder_task_id, on_write=self.metrics.spool_writes.inc)
         problem = spool.writable_problem()
         if problem is not None:
             log.error(
@@ -225,33 +210,7 @@ class Daemon:
         recovered = spool.load()
         if recovered is not None:
             log.info("spool.recovered", path=str(spool.path), bytes=len(recovered.body))
-        uploader = Uploader(
-            client=coder,
-            task_id=s.coder_task_id,
-            mirror=mirror,
-            metrics=self.metrics,
-            interval=s.sidecar_snapshot_interval,
-            spool=spool,
-            recovered=recovered,
-            max_bytes=s.sidecar_snapshot_max_bytes,
-        )
-        self.metrics.snapshot_pending_age.set_function(uploader.pending_age)
-        return uploader, recovered
-
-    def _make_relay(self, coder: CoderClient) -> Relay | None:
-        s = self.settings
-        if s.coder_mcp_app_status_slug is None:
-            log.info("relay.disabled", reason="CODER_MCP_APP_STATUS_SLUG is not set")
-            return None
-        return Relay(
-            client=coder,
-            slug=s.coder_mcp_app_status_slug,
-            policy=RelayPolicy(
-                screen_activity=s.sidecar_relay_screen_activity, uri=s.sidecar_relay_uri
-            ),
-            metrics=self.metrics,
-            grace=s.sidecar_relay_grace,
-        )
+        return spool, recovered
 
     def _make_health(
         self, hub: Hub, uploader: Uploader | None, statefile: StateFileSource | None
@@ -290,17 +249,15 @@ class Daemon:
                 raise ConfigError(
                     "SIDECAR_HTTP_ADDR", f"cannot listen there: {exc.strerror or exc}"
                 ) from None
-        runs: list[tuple[str, Callable[[], Awaitable[None]]]] = [("agentapi", parts.agentapi.run)]
-        if parts.token.path is not None:
-            runs.append(("token", self._token_watcher(parts)))
+        runs: list[tuple[str, Callable[[], Awaitable[None]]]] = [*parts.pipeline.runs()]
+        watcher = self._token_watcher(parts)
+        if watcher is not None:
+            runs.append(("token", watcher))
         if parts.statefile is not None:
             runs.append(("statefile", parts.statefile.run))
-        if parts.uploader is not None:
-            runs.append(("uploader", parts.uploader.run))
-        if parts.relay is not None:
-            runs.append(("relay", parts.relay.run))
-        parts.tasks = [asyncio.create_task(_supervise(name, run)) for name, run in runs]
-        parts.tasks.append(asyncio.create_task(parts.notifier.watchdog_loop(parts.stopping)))
+        supervise = self._supervisor.supervise
+        parts.tasks = {name: asyncio.create_task(supervise(name, run)) for name, run in runs}
+        parts.tasks["watchdog"] = asyncio.create_task(parts.notifier.watchdog_loop(parts.stopping))
         log.info(
             "daemon.started",
             agentapi=s.coder_mcp_ai_agentapi_url,
@@ -309,15 +266,18 @@ class Daemon:
             relay_slug=s.coder_mcp_app_status_slug,
             state_file=str(s.agentapi_state_file) if s.agentapi_state_file else None,
         )
-        await self._first_contact(parts.hub)
-        parts.notifier.ready("watching agentapi" if parts.hub.reachable else "waiting for agentapi")
+        hub = parts.pipeline.hub
+        await self._first_contact(hub)
+        parts.notifier.ready("watching agentapi" if hub.reachable else "waiting for agentapi")
 
     @staticmethod
-    def _token_watcher(parts: _Parts) -> Callable[[], Awaitable[None]]:
+    def _token_watcher(parts: _Parts) -> Callable[[], Awaitable[None]] | None:
         """Re-read a rotated token file at once, so a 401 back-off does not outlive it."""
-        token, path = parts.token, parts.token.path
-        assert path is not None
-        users = [user for user in (parts.uploader, parts.relay) if user is not None]
+        token = parts.clients.token
+        path = token.path if token is not None else None
+        if token is None or path is None:
+            return None
+        users = [u for u in (parts.pipeline.uploader, parts.pipeline.relay) if u is not None]
 
         async def changed() -> None:
             if await asyncio.to_thread(token.reload):
@@ -340,9 +300,8 @@ class Daemon:
 
     # --- shutdown ---------------------------------------------------------------------------
 
-    async def _shutdown(self, parts: _Parts) -> FlushOutcome | None:
-        """Stop in order under one deadline; what became of the final snapshot (None when
-        snapshots are off)."""
+    async def _shutdown(self, parts: _Parts) -> FlushOutcome:
+        """Stop in order under one deadline; what became of the final snapshot."""
         s = self.settings
         deadline = Deadline(s.sidecar_shutdown_timeout)
         parts.notifier.stopping("flushing the final snapshot")
@@ -351,20 +310,25 @@ class Daemon:
         parts.stopping.set()
         if parts.statefile is not None:
             parts.statefile.stop()
-        for task in parts.tasks:
+        readers = [parts.tasks[name] for name in _READERS if name in parts.tasks]
+        for task in readers:
             task.cancel()
-        await asyncio.gather(*parts.tasks, return_exceptions=True)
+        await asyncio.gather(*readers, return_exceptions=True)
+        pipeline = parts.pipeline
         # 2. the final snapshot, 3. the relay's optional last word, one deadline.
-        outcome = None
-        if parts.uploader is not None:
-            outcome = await self._unless_forced(parts.uploader.flush(deadline.remaining()))
-            if outcome is None:
-                # Cut short, the flush still spooled what it could: what became of it?
-                outcome = parts.uploader.conclude()
-        if parts.relay is not None:
+        outcome = FlushOutcome.OFF
+        if pipeline.uploader is not None:
+            flushed = await self._unless_forced(pipeline.uploader.flush(deadline.remaining()))
+            # Cut short, the flush still spooled what it could: what became of it?
+            outcome = flushed if flushed is not None else pipeline.uploader.conclude()
+        if pipeline.relay is not None:
             await self._unless_forced(
-                parts.relay.stop(s.sidecar_relay_on_stop, deadline.remaining())
+                pipeline.relay.stop(s.sidecar_relay_on_stop, deadline.remaining())
             )
+        # The sinks' loops ended with their stop; the watchdog ends here.
+        for task in parts.tasks.values():
+            task.cancel()
+        await asyncio.gather(*parts.tasks.values(), return_exceptions=True)
         if parts.health is not None:
             await parts.health.stop()
         return outcome

@@ -5,7 +5,11 @@ from __future__ import annotations
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from sidecar.coder.outcomes import Outcome
 from sidecar.models import Invalid
+from sidecar.slot import Skip
+
+_RESULTS = ", ".join(outcome.value for outcome in Outcome)
 
 log = structlog.get_logger(__name__)
 
@@ -49,15 +53,15 @@ class Metrics:
         )
         self.snapshot_posts = Counter(
             "sidecar_snapshot_posts",
-            "log-snapshot POSTs, by result (ok, retry, rejected, not_found, unauthorized) and "
-            "HTTP status (none: no answer)",
+            f"log-snapshot POSTs, by result ({_RESULTS}) and HTTP status (none: no answer)",
             ["result", "status"],
             registry=r,
         )
         self.snapshot_skipped = Counter(
             "sidecar_snapshot_skipped",
-            "changes that needed no POST, by reason: the body is the one last accepted "
-            "(unchanged), the one last refused (refused), or there is no conversation (empty)",
+            "changes that needed no POST, by reason ("
+            + ", ".join(reason.value for reason in Skip)
+            + ")",
             ["reason"],
             registry=r,
         )
@@ -86,7 +90,10 @@ class Metrics:
             registry=r,
         )
         self.relay_patches = Counter(
-            "sidecar_relay_patches", "app-status PATCHes, by result", ["result"], registry=r
+            "sidecar_relay_patches",
+            f"app-status PATCHes, by result ({_RESULTS})",
+            ["result"],
+            registry=r,
         )
         self.agentapi_connected = Gauge(
             "sidecar_agentapi_connected", "1 while agentapi is reachable", registry=r

@@ -15,16 +15,18 @@ looks like nothing to do, and the clock jumps past it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import selectors
 from collections.abc import Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
 
-__all__ = ["VirtualClockLoop", "run_on_virtual_clock"]
+__all__ = ["VirtualClockLoop", "on_virtual_clock", "run_on_virtual_clock"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class _JumpingSelector(selectors.BaseSelector):
@@ -83,3 +85,15 @@ def run_on_virtual_clock(main: Coroutine[Any, Any, T]) -> T:
     """asyncio.run(main), on a fresh VirtualClockLoop."""
     with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
         return runner.run(main)
+
+
+def on_virtual_clock(test: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
+    """Runs an async test on a fresh VirtualClockLoop instead of pytest's loop. Waits
+    that the code under test asks for take no time, and "nothing happened in N seconds"
+    is exact: `await asyncio.sleep(N)` and look."""
+
+    @functools.wraps(test)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        run_on_virtual_clock(test(*args, **kwargs))
+
+    return run

@@ -7,17 +7,24 @@ request stands in for the signal, so the log and the loop's state can be inspect
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import signal
 import socket
-from collections.abc import Iterator, MutableMapping
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any, Protocol
 
+import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from sidecar.config import ConfigError, load_settings
+from sidecar.agentapi.client import AgentapiClient
+from sidecar.pipeline import Clients
 from sidecar.runtime.daemon import Daemon
+from sidecar.runtime.lock import read_record
+from sidecar.settings import Settings, load_settings
+from sidecar.variables import ConfigError
 from tests.conftest import AgentapiFactory, CoderFactory
 
 DEADLINE = 10.0
@@ -138,3 +145,48 @@ async def test_repeated_sigterm_is_one_stop_request(make_daemon: DaemonFactory) 
         "shutdown.complete",
     ]
     assert completed(logs)["forced"] is False
+
+
+class BrokenAgentapi(AgentapiClient):
+    """An agentapi client with a bug: opening the stream raises what no client should."""
+
+    @contextlib.asynccontextmanager
+    async def events(self) -> AsyncIterator[AsyncIterator[bytes]]:
+        raise RuntimeError("a bug in the stream reader")
+        yield aiter(())  # never reached: a generator, as the real one is
+
+
+async def test_a_part_that_crashes_in_a_loop_stops_the_daemon_with_its_final_flush(
+    make_fake_agentapi: AgentapiFactory, make_fake_coder: CoderFactory, tmp_path: Path
+) -> None:
+    agentapi = await make_fake_agentapi()
+    coder = await make_fake_coder()
+    settings = load_settings(
+        {
+            "CODER_AGENT_URL": coder.url,
+            "CODER_AGENT_TOKEN": coder.fake.token,
+            "CODER_TASK_ID": str(coder.fake.task_id),
+            "CODER_MCP_AI_AGENTAPI_URL": agentapi.url,
+            "SIDECAR_STATE_DIR": str(tmp_path / "state"),
+            "SIDECAR_SHUTDOWN_TIMEOUT": "2",
+        }
+    )
+
+    def make_clients(s: Settings, session: aiohttp.ClientSession) -> Clients:
+        clients = Clients.from_settings(s, session)
+        broken = BrokenAgentapi(session=session, base_url=s.coder_mcp_ai_agentapi_url)
+        return dataclasses.replace(clients, agentapi=broken)
+
+    daemon = Daemon(settings, make_clients=make_clients, supervisor_pause=0.01)
+    with capture_logs() as logs:
+        code = await asyncio.wait_for(daemon.run(), DEADLINE)
+    # A crash loop is a failure to report: the daemon stops and says which part.
+    assert code == 1
+    events = [e["event"] for e in logs]
+    assert events.count("task.crashed") == 4
+    (loop,) = [e for e in logs if e["event"] == "task.crash_loop"]
+    assert loop["task"] == "agentapi"
+    (requested,) = [e for e in logs if e["event"] == "shutdown.requested"]
+    assert requested["reason"] == "crash_loop"
+    assert completed(logs)["crashed"] == ["agentapi"]
+    assert read_record(settings.state_dir)["exit"] == 1

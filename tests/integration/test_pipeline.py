@@ -7,6 +7,7 @@ Real loopback servers on both sides; only the daemon process around the pieces i
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,14 +18,15 @@ import pytest
 from structlog.testing import capture_logs
 
 from sidecar.agentapi.client import AgentapiClient
-from sidecar.agentapi.source import AgentapiSource
 from sidecar.backoff import Backoff
 from sidecar.coder.client import CoderClient
+from sidecar.coder.outcomes import RULES, Outcome
 from sidecar.coder.retry import RetryPolicy
 from sidecar.coder.token import TokenSource
 from sidecar.hub import Hub
 from sidecar.mirror import Mirror
 from sidecar.models import AgentStatus
+from sidecar.pipeline import Clients, Clocks, Options, Tuning, build_pipeline
 from sidecar.runtime.metrics import Metrics
 from sidecar.spool import Spool
 from sidecar.uploader import Uploader
@@ -75,7 +77,19 @@ class PipelineFactory(Protocol):
         token_file: Path | None = None,
         endpoint_missing: bool = False,
         task_known: bool = True,
+        first_post_at: float = 0.0,
     ) -> Pipeline: ...
+
+
+class Drawn(random.Random):
+    """The first post's random draw, fixed: `fraction` of the spread (0: at once)."""
+
+    def __init__(self, fraction: float) -> None:
+        super().__init__(0)
+        self.fraction = fraction
+
+    def uniform(self, a: float, b: float) -> float:
+        return a + (b - a) * self.fraction
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -101,6 +115,7 @@ async def make_pipeline(
         token_file: Path | None = None,
         endpoint_missing: bool = False,
         task_known: bool = True,
+        first_post_at: float = 0.0,
     ) -> Pipeline:
         agentapi = await make_fake_agentapi()
         agentapi.fake.events_available = events
@@ -110,35 +125,33 @@ async def make_pipeline(
         session = aiohttp.ClientSession()
         sessions.append(session)
         metrics = Metrics()
-        mirror = Mirror(10)
         tok = (
             TokenSource(path=token_file)
             if token_file is not None
             else TokenSource(value=token or coder.fake.token)
         )
-        uploader = Uploader(
-            client=CoderClient(session=session, base_url=coder.url, token=tok, timeout=2.0),
-            task_id=coder.fake.task_id,
-            mirror=mirror,
+        clients = Clients(
+            coder=CoderClient(session=session, base_url=coder.url, token=tok, timeout=2.0),
+            agentapi=AgentapiClient(session=session, base_url=agentapi.url),
+        )
+        built = build_pipeline(
+            clients,
+            Clocks(),
+            Options(task_id=coder.fake.task_id, interval=interval, probe_interval=0.3),
             metrics=metrics,
-            interval=interval,
             spool=Spool(tmp_path / "spool", coder.fake.task_id),
-            retry=RetryPolicy(
-                transient=Backoff(base=0.05, cap=0.2), auth=Backoff(base=0.1, cap=0.2)
+            tuning=Tuning(
+                upload_retry=RetryPolicy(
+                    transient=Backoff(base=0.05, cap=0.2), auth=Backoff(base=0.1, cap=0.2)
+                ),
+                stream_backoff=Backoff(base=0.02, cap=0.1),
+                poll_interval=0.1,
+                first_post_rng=Drawn(first_post_at),
             ),
         )
-        hub = Hub(mirror=mirror, uploader=uploader, relay=None)
-        source = AgentapiSource(
-            client=AgentapiClient(session=session, base_url=agentapi.url),
-            listener=hub,
-            metrics=metrics,
-            probe_interval=0.3,
-            poll_interval=0.1,
-            backoff=Backoff(base=0.02, cap=0.1),
-        )
-        tasks.append(asyncio.create_task(source.run()))
-        tasks.append(asyncio.create_task(uploader.run()))
-        return Pipeline(agentapi, coder, mirror, uploader, hub, metrics, tok)
+        assert built.uploader is not None
+        tasks.extend(asyncio.create_task(run()) for _, run in built.runs())
+        return Pipeline(agentapi, coder, built.mirror, built.uploader, built.hub, metrics, tok)
 
     yield factory
     for task in tasks:
@@ -178,15 +191,15 @@ async def test_streaming_updates_are_coalesced(make_pipeline: PipelineFactory) -
 
 
 async def test_turn_end_is_posted_promptly(make_pipeline: PipelineFactory) -> None:
-    p = await make_pipeline(interval=30)
+    # The first periodic post of this start is drawn at the end of its spread, a minute
+    # away: only the finished turn's own path can deliver within the test.
+    p = await make_pipeline(interval=30, first_post_at=1.0)
     fake = p.agentapi.fake
     fake.set_status("running")
     fake.add_message("user", "q")
     await fake.wait_for(lambda: p.mirror.status is AgentStatus.RUNNING)
     fake.add_message("agent", "answer")
     fake.set_status("stable")
-    # Far inside the 30 s interval (the first post of a start may come at any point of
-    # it), the finished turn is delivered.
     await p.wait_stored(p.truth, timeout=3)
 
 
@@ -278,7 +291,7 @@ async def test_unknown_task_backs_off_for_minutes_and_says_so(
     with capture_logs() as logs:
         p.agentapi.fake.add_message("user", "hello")
         await p.coder.fake.wait_for(lambda: len(p.coder.fake.snapshot_posts()) == 1)
-        await until(lambda: p.uploader.blocked_reason == "not_found")
+        await until(lambda: p.uploader.blocked_reason == RULES[Outcome.NOT_FOUND].readiness)
         p.agentapi.fake.add_message("agent", "more")
         await p.agentapi.fake.wait_for(lambda: p.mirror.version >= 2)
     assert len(p.coder.fake.snapshot_posts()) == 1
@@ -326,7 +339,7 @@ async def test_401_recovers_after_the_token_file_rotates(
     p = await make_pipeline(token_file=token_file)
     p.agentapi.fake.add_message("user", "hello")
     await p.coder.fake.wait_for(lambda: any(r.status == 401 for r in p.coder.fake.snapshot_posts()))
-    await until(lambda: p.uploader.blocked_reason == "unauthorized")
+    await until(lambda: p.uploader.blocked_reason == RULES[Outcome.UNAUTHORIZED].readiness)
     # A new build's token lands in the file; the next 401 (or the file watcher, in the
     # daemon) re-reads it.
     token_file.write_text(p.coder.fake.token + "\n")

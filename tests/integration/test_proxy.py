@@ -18,11 +18,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from sidecar.agentapi.client import AgentapiClient
-from sidecar.coder.client import CoderClient, Outcome
+from sidecar.coder.client import CoderClient
+from sidecar.coder.outcomes import Outcome
 from sidecar.coder.session import make_session, make_token
-from sidecar.config import load_settings
 from sidecar.models import AgentStatus
-from sidecar.settings import Settings
+from sidecar.settings import Settings, load_settings
 from tests.conftest import AgentapiFactory
 from tests.fakes.agentapi import FakeAgentapi
 from tests.fakes.coder import FakeCoder

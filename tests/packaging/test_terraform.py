@@ -26,8 +26,7 @@ from typing import Any, Final
 import hcl2
 import pytest
 
-from sidecar.config import load_settings
-from sidecar.settings import Settings
+from sidecar.settings import Settings, load_settings
 from tests.tools import find_tool
 
 ROOT: Final = Path(__file__).resolve().parents[2]

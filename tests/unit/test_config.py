@@ -5,7 +5,8 @@ from uuid import UUID
 
 import pytest
 
-from sidecar.config import ConfigError, LogLevel, load_settings
+from sidecar.settings import load_settings
+from sidecar.variables import ConfigError, LogLevel
 
 TASK = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
 TOKEN = "5f3b2a1c-0d4e-4f6a-8b7c-9d0e1f2a3b4c"
@@ -103,7 +104,7 @@ def test_token_file(tmp_path: Path) -> None:
         (
             {**BASE, "SIDECAR_SNAPSHOT_MAX_MESSAGES": "0"},
             "SIDECAR_SNAPSHOT_MAX_MESSAGES",
-            "greater",
+            "from 1 to 1000",
         ),
         ({**BASE, "SIDECAR_SNAPSHOT_MAX_BYTES": "70000"}, "SIDECAR_SNAPSHOT_MAX_BYTES", "65536"),
         ({**BASE, "SIDECAR_SHUTDOWN_TIMEOUT": "0"}, "SIDECAR_SHUTDOWN_TIMEOUT", "from 1 to 600"),

@@ -17,8 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidecar.coder.token import TokenSource
-from sidecar.config import ConfigError, load_settings, unknown_variables
-from sidecar.settings import Settings
+from sidecar.config import unknown_variables
+from sidecar.settings import Settings, load_settings
+from sidecar.variables import ConfigError
 
 TOKEN: Final = "5f3b2a1c-0d4e-4f6a-8b7c-9d0e1f2a3b4c"
 BASE: Final = {"CODER_AGENT_URL": "https://coder.example.com", "CODER_AGENT_TOKEN": TOKEN}

@@ -13,7 +13,8 @@ from aioresponses import CallbackResult, aioresponses
 from aioresponses.core import RequestCall
 from yarl import URL
 
-from sidecar.coder.client import CoderClient, Outcome, classify
+from sidecar.coder.client import CoderClient
+from sidecar.coder.outcomes import Outcome
 from sidecar.coder.token import TokenSource
 from sidecar.models import AppState
 
@@ -84,7 +85,7 @@ async def test_app_status_body(session: aiohttp.ClientSession) -> None:
         (400, Outcome.REJECTED),
         (401, Outcome.UNAUTHORIZED),
         (403, Outcome.UNAUTHORIZED),
-        (404, Outcome.NOT_FOUND),
+        (404, Outcome.NO_ROUTE),  # not coderd's words for an unknown task
         (408, Outcome.RETRY),
         (429, Outcome.RETRY),
         (500, Outcome.RETRY),
@@ -108,7 +109,9 @@ async def test_error_statuses_carry_the_server_message(
     [
         ("Route not found.", Outcome.NO_ROUTE),
         ("Resource not found or you do not have access to this resource", Outcome.NOT_FOUND),
-        ("route not found", Outcome.NOT_FOUND),  # only coderd's exact words mean no route
+        # Only coderd's own words name an unknown task; any other 404 is a path not served.
+        ("route not found", Outcome.NO_ROUTE),
+        ("Not Found", Outcome.NO_ROUTE),
     ],
 )
 async def test_a_missing_route_is_told_from_a_missing_task_by_the_body(
@@ -217,31 +220,31 @@ async def test_rotated_token_is_sent(session: aiohttp.ClientSession, tmp_path: o
     assert call.kwargs["headers"]["Coder-Session-Token"] == new
 
 
+async def test_a_200_page_is_not_a_stored_snapshot(session: aiohttp.ClientSession) -> None:
+    # An SSO or login page in front of Coder answers 200 text/html to everything.
+    with aioresponses() as m:
+        m.post(SNAPSHOT_URL, status=200, body="<html>Sign in</html>", content_type="text/html")
+        result = await coder(session).post_log_snapshot(TASK, b"{}")
+    assert result.outcome is Outcome.NOT_CODER
+    assert not result.ok
+    assert result.detail == "HTTP 200 text/html"
+
+
 @pytest.mark.parametrize(
-    ("status", "message", "outcome"),
+    ("status", "body", "content_type"),
     [
-        (None, None, Outcome.RETRY),
-        (200, None, Outcome.OK),
-        (204, None, Outcome.OK),
-        (299, None, Outcome.OK),
-        (300, None, Outcome.REDIRECT),
-        (308, None, Outcome.REDIRECT),
-        (399, None, Outcome.REDIRECT),
-        (400, None, Outcome.REJECTED),
-        (401, None, Outcome.UNAUTHORIZED),
-        (403, None, Outcome.UNAUTHORIZED),
-        (404, None, Outcome.NOT_FOUND),
-        (404, "Route not found.", Outcome.NO_ROUTE),
-        (400, "Route not found.", Outcome.REJECTED),
-        (408, None, Outcome.RETRY),
-        (409, None, Outcome.REJECTED),
-        (413, None, Outcome.REJECTED),
-        (429, None, Outcome.RETRY),
-        (499, None, Outcome.REJECTED),
-        (500, None, Outcome.RETRY),
-        (503, None, Outcome.RETRY),
-        (599, None, Outcome.RETRY),
+        (200, "<html>Sign in</html>", "text/html"),
+        (200, "[]", "application/json"),  # JSON, but not Coder's object
+        (204, "", "application/json"),
+        (201, "{}", "application/json"),
     ],
 )
-def test_classify(status: int | None, message: str | None, outcome: Outcome) -> None:
-    assert classify(status, message) is outcome
+async def test_an_app_status_is_accepted_only_as_coder_accepts_it(
+    session: aiohttp.ClientSession, status: int, body: str, content_type: str
+) -> None:
+    with aioresponses() as m:
+        m.patch(STATUS_URL, status=status, body=body, content_type=content_type)
+        result = await coder(session).patch_app_status(
+            slug="claude-code", state=AppState.IDLE, message="", uri=""
+        )
+    assert result.outcome is Outcome.NOT_CODER

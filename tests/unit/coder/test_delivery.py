@@ -1,8 +1,8 @@
-"""The outcome table both sinks share, driven on a fake clock with scripted results."""
+"""Delivery: the outcome table applied for one sink, driven on a fake clock with scripted
+results. (The loop around it is tests/unit/coder/test_slotloop.py.)"""
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import MutableMapping
 from typing import Any
@@ -10,23 +10,15 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from sidecar.backoff import Backoff, Deadline
-from sidecar.coder.client import Outcome, Result
-from sidecar.coder.delivery import Decision, Delivery, SinkEvents, Step
+from sidecar.backoff import Backoff
+from sidecar.coder.client import Result
+from sidecar.coder.delivery import Decision, Delivery
+from sidecar.coder.outcomes import RULES, Outcome, Sink, Step, words
 from sidecar.coder.retry import (
+    CONFIG_FLOOR_S,
     NO_ROUTE_FLOOR_S,
     NOT_FOUND_FLOOR_S,
-    UNAUTHORIZED_FLOOR_S,
     RetryPolicy,
-)
-
-EVENTS = SinkEvents(
-    prefix="thing",
-    accepted="thing.sent",
-    not_found="thing.not_found",
-    not_found_hint="check the thing",
-    no_route="thing.no_route",
-    no_route_hint="no such thing here",
 )
 
 
@@ -62,7 +54,7 @@ def res(
 
 
 def make(
-    credentials: Credentials | None = None, clock: Clock | None = None
+    credentials: Credentials | None = None, clock: Clock | None = None, sink: Sink = Sink.STATUS
 ) -> tuple[Delivery, Clock, Credentials]:
     clock = clock or Clock()
     credentials = credentials or Credentials()
@@ -74,7 +66,7 @@ def make(
         no_route=Backoff(base=600.0, cap=600.0, rng=rng),
     )
     return (
-        Delivery(events=EVENTS, credentials=credentials, retry=retry, clock=clock),
+        Delivery(sink=sink, credentials=credentials, retry=retry, clock=clock),
         clock,
         credentials,
     )
@@ -88,10 +80,10 @@ async def test_accepted_is_logged_with_the_sinks_fields() -> None:
     delivery, _, _ = make()
     with capture_logs() as logs:
         decision = await delivery.record(res(Outcome.OK, 204), bytes=10)
-    assert decision == Decision(Step.ACCEPTED)
-    assert named(logs, "thing.sent") == [
+    assert decision == Decision(RULES[Outcome.OK])
+    assert named(logs, "relay.patched") == [
         {
-            "event": "thing.sent",
+            "event": "relay.patched",
             "log_level": "info",
             "bytes": 10,
             "status": 204,
@@ -106,9 +98,9 @@ async def test_refused_is_final_and_resets_the_failure_run() -> None:
     await delivery.record(res(Outcome.RETRY, 503))
     with capture_logs() as logs:
         decision = await delivery.record(res(Outcome.REJECTED, 400))
-    assert decision == Decision(Step.REFUSED)
+    assert decision.step is Step.REFUSED
     assert not decision.keep
-    (logged,) = named(logs, "thing.rejected")
+    (logged,) = named(logs, "relay.rejected")
     assert logged["attempt"] == 2
     assert delivery.retry.failures == 0
 
@@ -123,7 +115,7 @@ async def test_transient_failure_retries_within_seconds_and_keeps_the_item() -> 
     assert 0 < decision.delay <= 1.0
     assert decision.keep
     assert delivery.ready_at() == pytest.approx(clock.now + decision.delay)
-    (logged,) = named(logs, "thing.retry")
+    (logged,) = named(logs, "relay.retry")
     assert logged["retry_in_s"] == round(decision.delay, 2)
     # A transient failure holds nothing back for long.
     assert delivery.blocked_reason is None
@@ -144,16 +136,18 @@ async def test_not_found_is_logged_once_per_failure_run_and_backs_off_for_minute
         second = await delivery.record(res(Outcome.NOT_FOUND, 404))
     assert first.delay >= NOT_FOUND_FLOOR_S
     assert second.delay >= NOT_FOUND_FLOOR_S
-    (logged,) = named(logs, "thing.not_found")
-    assert logged["hint"] == "check the thing"
-    assert delivery.blocked_reason == "not_found"
+    (logged,) = named(logs, "relay.not_found")
+    assert logged["hint"] == words(Sink.STATUS, Outcome.NOT_FOUND).hint
+    assert delivery.blocked is Outcome.NOT_FOUND
+    assert delivery.blocked_reason == RULES[Outcome.NOT_FOUND].readiness
     clock.now += second.delay
+    assert delivery.blocked is None
     assert delivery.blocked_reason is None
     # After a success, the next 404 is news again.
     await delivery.record(res(Outcome.OK, 204))
     with capture_logs() as logs:
         await delivery.record(res(Outcome.NOT_FOUND, 404))
-    assert len(named(logs, "thing.not_found")) == 1
+    assert len(named(logs, "relay.not_found")) == 1
 
 
 async def test_missing_route_backs_off_for_about_an_hour() -> None:
@@ -162,17 +156,14 @@ async def test_missing_route_backs_off_for_about_an_hour() -> None:
         decision = await delivery.record(res(Outcome.NO_ROUTE, 404))
         await delivery.record(res(Outcome.NO_ROUTE, 404))
     assert NO_ROUTE_FLOOR_S <= decision.delay <= NO_ROUTE_FLOOR_S + 600
-    assert len(named(logs, "thing.no_route")) == 1
-    assert delivery.blocked_reason == "no_route"
+    assert len(named(logs, "relay.no_route")) == 1
+    assert decision.rule.endpoint_missing
+    # Snapshots being off is reported as such, not as a stuck upload.
+    assert delivery.blocked is None
 
 
 async def test_a_sink_that_explains_a_missing_route_itself_gets_no_line() -> None:
-    delivery = Delivery(
-        events=SinkEvents(
-            prefix="x", accepted="x.ok", not_found="x.nf", not_found_hint="", no_route=None
-        ),
-        credentials=Credentials(),
-    )
+    delivery, _, _ = make(sink=Sink.SNAPSHOT)
     with capture_logs() as logs:
         await delivery.record(res(Outcome.NO_ROUTE, 404))
     assert logs == []
@@ -183,12 +174,25 @@ async def test_redirect_is_logged_once_with_where_it_points() -> None:
     with capture_logs() as logs:
         first = await delivery.record(res(Outcome.REDIRECT, 308, location="https://c.example/"))
         await delivery.record(res(Outcome.REDIRECT, 308, location="https://c.example/"))
-    (logged,) = named(logs, "thing.redirected")
+    (logged,) = named(logs, "relay.redirected")
     assert logged["location"] == "https://c.example/"
     assert "CODER_AGENT_URL" in logged["hint"]
     assert first.keep
-    assert first.delay >= UNAUTHORIZED_FLOOR_S
-    assert delivery.blocked_reason == "redirect"
+    assert first.delay >= CONFIG_FLOOR_S
+    assert delivery.blocked is Outcome.REDIRECT
+
+
+async def test_an_answer_no_coder_gives_is_logged_once_and_backs_off_slowly() -> None:
+    delivery, _, _ = make(sink=Sink.SNAPSHOT)
+    with capture_logs() as logs:
+        first = await delivery.record(res(Outcome.NOT_CODER, 200))
+        await delivery.record(res(Outcome.NOT_CODER, 200))
+    (logged,) = named(logs, "snapshot.not_coder")
+    assert logged["log_level"] == "error"
+    assert "CODER_AGENT_URL" in logged["hint"]
+    assert first.keep
+    assert first.delay >= CONFIG_FLOOR_S
+    assert delivery.blocked is Outcome.NOT_CODER
 
 
 async def test_unauthorized_reads_the_token_first_and_retries_at_once_when_it_changed() -> None:
@@ -196,9 +200,9 @@ async def test_unauthorized_reads_the_token_first_and_retries_at_once_when_it_ch
     with capture_logs() as logs:
         decision = await delivery.record(res(Outcome.UNAUTHORIZED, 401))
     assert credentials.reloads == 1
-    assert decision == Decision(Step.RETRY, 0.0)
+    assert decision == Decision(RULES[Outcome.UNAUTHORIZED], 0.0)
     assert not decision.keep
-    (logged,) = named(logs, "thing.unauthorized")
+    (logged,) = named(logs, "relay.unauthorized")
     assert logged["token_changed"] is True
     assert logged["retry_in_s"] == 0
     assert delivery.ready_at() == clock.now
@@ -209,17 +213,17 @@ async def test_unauthorized_with_the_same_token_backs_off() -> None:
     with capture_logs() as logs:
         decision = await delivery.record(res(Outcome.UNAUTHORIZED, 403))
     assert credentials.reloads == 1
-    assert decision.delay >= UNAUTHORIZED_FLOOR_S
+    assert decision.delay >= CONFIG_FLOOR_S
     assert decision.keep
-    assert named(logs, "thing.unauthorized")[0]["token_changed"] is False
-    assert delivery.blocked_reason == "unauthorized"
+    assert named(logs, "relay.unauthorized")[0]["token_changed"] is False
+    assert delivery.blocked is Outcome.UNAUTHORIZED
 
 
 async def test_a_token_reload_that_raises_counts_as_unchanged() -> None:
     delivery, _, _ = make(Credentials(fails=True))
     with capture_logs() as logs:
         decision = await delivery.record(res(Outcome.UNAUTHORIZED, 401))
-    assert decision.delay >= UNAUTHORIZED_FLOOR_S
+    assert decision.delay >= CONFIG_FLOOR_S
     assert named(logs, "token.reload_failed")
 
 
@@ -240,7 +244,7 @@ async def test_ready_at_keeps_the_gap_after_the_last_attempt() -> None:
     assert delivery.ready_at(1.0) == clock.now + 1.0
     await delivery.record(res(Outcome.RETRY, 503, retry_after=30.0))
     assert delivery.ready_at(1.0) == clock.now + 30.0
-    delivery.lift_backoff()
+    delivery.final()
     assert delivery.ready_at(1.0) == clock.now + 1.0
 
 
@@ -252,81 +256,22 @@ async def test_at_stop_what_seconds_may_heal_retries_on_the_short_schedule(
     outcome: Outcome, status: int
 ) -> None:
     delivery, _, _ = make()
-    decision = await delivery.record(res(outcome, status), stopping=True)
+    delivery.final()
+    decision = await delivery.record(res(outcome, status))
     assert decision.delay <= 1.0
 
 
-@pytest.mark.parametrize(("outcome", "status"), [(Outcome.NO_ROUTE, 404), (Outcome.REDIRECT, 307)])
+@pytest.mark.parametrize(
+    ("outcome", "status"),
+    [(Outcome.NO_ROUTE, 404), (Outcome.REDIRECT, 307), (Outcome.NOT_CODER, 200)],
+)
 async def test_at_stop_what_seconds_cannot_heal_keeps_its_long_wait(
     outcome: Outcome, status: int
 ) -> None:
     delivery, _, _ = make()
-    decision = await delivery.record(res(outcome, status), stopping=True)
-    assert decision.delay >= UNAUTHORIZED_FLOOR_S
-
-
-# --- settle: the stop path, on real time with short waits ------------------------------
-
-
-async def test_settle_returns_the_final_step() -> None:
-    delivery = Delivery(events=EVENTS, credentials=Credentials())
-    results = [res(Outcome.RETRY, 503, retry_after=0.0), res(Outcome.OK, 204)]
-
-    async def attempt() -> Decision:
-        delivery.sending()
-        return await delivery.record(results.pop(0), stopping=True)
-
-    assert await delivery.settle(attempt, Deadline(5.0)) is Step.ACCEPTED
-    assert results == []
-
-
-async def test_settle_with_nothing_to_send_returns_none() -> None:
-    delivery = Delivery(events=EVENTS, credentials=Credentials())
-
-    async def attempt() -> Decision | None:
-        return None
-
-    assert await delivery.settle(attempt, Deadline(5.0)) is None
-
-
-async def test_settle_gives_up_before_a_wait_that_would_pass_the_deadline() -> None:
-    delivery = Delivery(events=EVENTS, credentials=Credentials())
-    attempts = 0
-
-    async def attempt() -> Decision:
-        nonlocal attempts
-        attempts += 1
-        delivery.sending()
-        return await delivery.record(res(Outcome.RETRY, 503, retry_after=60.0), stopping=True)
-
-    assert await delivery.settle(attempt, Deadline(5.0)) is Step.RETRY
-    assert attempts == 1
-
-
-async def test_settle_cuts_an_attempt_at_the_deadline() -> None:
-    delivery = Delivery(events=EVENTS, credentials=Credentials())
-
-    async def attempt() -> Decision:
-        await asyncio.Event().wait()
-        raise AssertionError("never answered")
-
-    async with asyncio.timeout(5.0):
-        assert await delivery.settle(attempt, Deadline(0.05)) is Step.RETRY
-
-
-async def test_settle_keeps_the_gap_between_attempts() -> None:
-    delivery = Delivery(events=EVENTS, credentials=Credentials())
-    started: list[float] = []
-    loop = asyncio.get_running_loop()
-    results = [res(Outcome.RETRY, 503, retry_after=0.0), res(Outcome.OK, 204)]
-
-    async def attempt() -> Decision:
-        started.append(loop.time())
-        delivery.sending()
-        return await delivery.record(results.pop(0), stopping=True)
-
-    assert await delivery.settle(attempt, Deadline(5.0), gap=0.2) is Step.ACCEPTED
-    assert started[1] - started[0] >= 0.2
+    delivery.final()
+    decision = await delivery.record(res(outcome, status))
+    assert decision.delay >= CONFIG_FLOOR_S
 
 
 # --- what each failure line carries ------------------------------------------------------
@@ -335,11 +280,12 @@ async def test_settle_keeps_the_gap_between_attempts() -> None:
 @pytest.mark.parametrize(
     ("outcome", "status", "event"),
     [
-        (Outcome.RETRY, 503, "thing.retry"),
-        (Outcome.NOT_FOUND, 404, "thing.not_found"),
-        (Outcome.NO_ROUTE, 404, "thing.no_route"),
-        (Outcome.REDIRECT, 308, "thing.redirected"),
-        (Outcome.UNAUTHORIZED, 401, "thing.unauthorized"),
+        (Outcome.RETRY, 503, "relay.retry"),
+        (Outcome.NOT_FOUND, 404, "relay.not_found"),
+        (Outcome.NO_ROUTE, 404, "relay.no_route"),
+        (Outcome.REDIRECT, 308, "relay.redirected"),
+        (Outcome.UNAUTHORIZED, 401, "relay.unauthorized"),
+        (Outcome.NOT_CODER, 200, "relay.not_coder"),
     ],
 )
 async def test_a_failure_line_carries_the_answer_and_the_wait(
@@ -362,8 +308,8 @@ async def test_failure_lines_tell_a_person_what_to_check() -> None:
     with capture_logs() as logs:
         await delivery.record(res(Outcome.NO_ROUTE, 404))
         await delivery.record(res(Outcome.UNAUTHORIZED, 401))
-    assert named(logs, "thing.no_route")[0]["hint"] == "no such thing here"
-    assert "CODER_AGENT_TOKEN_FILE" in named(logs, "thing.unauthorized")[0]["hint"]
+    assert named(logs, "relay.no_route")[0]["hint"] == words(Sink.STATUS, Outcome.NO_ROUTE).hint
+    assert "CODER_AGENT_TOKEN_FILE" in named(logs, "relay.unauthorized")[0]["hint"]
 
 
 async def test_a_token_reload_failure_is_logged_with_its_error() -> None:
@@ -378,20 +324,20 @@ async def test_latency_is_logged_in_milliseconds_to_a_tenth() -> None:
     delivery, _, _ = make()
     with capture_logs() as logs:
         await delivery.record(Result(Outcome.OK, 204, "", None, 12.3456))
-    assert named(logs, "thing.sent")[0]["latency_ms"] == 12.3
+    assert named(logs, "relay.patched")[0]["latency_ms"] == 12.3
 
 
-async def test_settle_makes_no_attempt_that_could_only_start_at_the_deadline() -> None:
-    clock = Clock()
-    delivery, _, _ = make(clock=clock)
-    delivery.sending()
-    attempts = 0
+async def test_a_client_that_raises_counts_as_no_answer() -> None:
+    delivery, _, _ = make()
 
-    async def attempt() -> Decision:
-        nonlocal attempts
-        attempts += 1
-        return await delivery.record(res(Outcome.OK, 204))
+    async def broken() -> Result:
+        raise RuntimeError("a bug in the client")
 
-    deadline = Deadline(0.25, clock=clock)
-    assert await delivery.settle(attempt, deadline, gap=0.25) is Step.RETRY
-    assert attempts == 0
+    with capture_logs() as logs:
+        result = await delivery.call(broken())
+    assert result.outcome is Outcome.RETRY
+    assert result.status is None
+    assert result.detail == "RuntimeError"
+    (logged,) = named(logs, "relay.client_error")
+    assert logged["log_level"] == "error"
+    assert logged["exc_info"] is True

@@ -13,7 +13,8 @@ import pytest
 
 from sidecar.coder.proxy import NoProxy, ProxyConfig, ProxyURL, parse_proxy
 from sidecar.coder.session import describe_proxy
-from sidecar.config import ConfigError, load_settings
+from sidecar.settings import load_settings
+from sidecar.variables import ConfigError
 
 TOKEN = "5f3b2a1c-0d4e-4f6a-8b7c-9d0e1f2a3b4c"
 PASSWORD = "hunter2-secret"

@@ -5,19 +5,30 @@ import random
 import pytest
 
 from sidecar.backoff import Backoff
-from sidecar.coder.client import Outcome, Result, classify
+from sidecar.coder.client import Result
+from sidecar.coder.outcomes import SNAPSHOT_STORED, Outcome, classify
 from sidecar.coder.retry import (
+    CONFIG_FLOOR_S,
     NO_ROUTE_FLOOR_S,
     NOT_FOUND_FLOOR_S,
-    UNAUTHORIZED_FLOOR_S,
     RetryPolicy,
 )
+
+UNKNOWN_TASK = "Resource not found or you do not have access to this resource"
 
 
 def result(
     status: int | None, retry_after: float | None = None, message: str | None = None
 ) -> Result:
-    return Result(classify(status, message), status, "", retry_after, 1.0)
+    if status == 404 and message is None:
+        message = UNKNOWN_TASK
+    outcome = classify(status, expect=SNAPSHOT_STORED, message=message)
+    return Result(outcome, status, "", retry_after, 1.0)
+
+
+def final(p: RetryPolicy) -> RetryPolicy:
+    p.final = True
+    return p
 
 
 def policy() -> RetryPolicy:
@@ -53,10 +64,10 @@ def test_unauthorized(status: int) -> None:
     p = policy()
     assert p.delay(result(status), 3, token_changed=True) == 0
     delays = [p.delay(result(status), attempt) for attempt in range(10)]
-    assert all(UNAUTHORIZED_FLOOR_S <= d <= UNAUTHORIZED_FLOOR_S + 300 for d in delays)
+    assert all(CONFIG_FLOOR_S <= d <= CONFIG_FLOOR_S + 300 for d in delays)
 
 
-@pytest.mark.parametrize("status", [200, 204, 400, 409, 413])
+@pytest.mark.parametrize("status", [204, 400, 409, 413])
 def test_final_outcomes_have_no_delay(status: int) -> None:
     with pytest.raises(ValueError, match="final"):
         policy().delay(result(status), 0)
@@ -72,7 +83,7 @@ def test_missing_route_waits_about_an_hour() -> None:
 def test_redirect_waits_like_a_configuration_problem(status: int) -> None:
     p = policy()
     delays = [p.delay(result(status), attempt) for attempt in range(10)]
-    assert all(UNAUTHORIZED_FLOOR_S <= d <= UNAUTHORIZED_FLOOR_S + 300 for d in delays)
+    assert all(CONFIG_FLOOR_S <= d <= CONFIG_FLOOR_S + 300 for d in delays)
 
 
 @pytest.mark.parametrize(
@@ -82,19 +93,22 @@ def test_at_stop_seconds_may_heal_it_so_the_short_schedule_serves(
     status: int | None, message: str | None
 ) -> None:
     p = policy()
-    assert all(p.delay(result(status), a, stopping=True) <= 30 for a in range(12))
-    assert p.delay(result(status), 0, stopping=True) <= 0.5
+    final(p)
+    assert all(p.delay(result(status), a) <= 30 for a in range(12))
+    assert p.delay(result(status), 0) <= 0.5
 
 
 def test_at_stop_retry_after_still_wins() -> None:
-    assert policy().delay(result(404, retry_after=7), 0, stopping=True) == 7
+    assert final(policy()).delay(result(404, retry_after=7), 0) == 7
 
 
-@pytest.mark.parametrize(("status", "message"), [(404, "Route not found."), (308, None)])
+@pytest.mark.parametrize(
+    ("status", "message"), [(404, "Route not found."), (404, ""), (308, None), (200, None)]
+)
 def test_at_stop_what_seconds_cannot_heal_keeps_its_schedule(
     status: int, message: str | None
 ) -> None:
-    assert policy().delay(result(status, message=message), 0, stopping=True) >= 1.0
+    assert final(policy()).delay(result(status, message=message), 0) >= 1.0
 
 
 def test_backoff_grows_only_over_failures_of_one_kind() -> None:
@@ -107,7 +121,7 @@ def test_backoff_grows_only_over_failures_of_one_kind() -> None:
     assert p.failures == 6
     assert p.last_outcome is Outcome.RETRY
     # A 401 after a run of 503s starts its own schedule from the beginning.
-    assert p.failed(result(401)) <= UNAUTHORIZED_FLOOR_S + 5
+    assert p.failed(result(401)) <= CONFIG_FLOOR_S + 5
     assert p.failures == 7
     p.succeeded()
     assert p.failures == 0
@@ -119,7 +133,8 @@ def test_a_changed_token_retries_at_once_whatever_the_run() -> None:
     for _ in range(5):
         p.failed(result(401))
     assert p.failed(result(401), token_changed=True) == 0
-    assert p.failed(result(401), token_changed=True, stopping=True) == 0
+    final(p)
+    assert p.failed(result(401), token_changed=True) == 0
 
 
 class Ceiling(random.Random):
@@ -130,12 +145,27 @@ class Ceiling(random.Random):
 
 
 def test_default_schedules() -> None:
-    p = RetryPolicy()
-    assert [p.transient.ceiling(n) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
-    assert [p.not_found.ceiling(n) for n in range(5)] == [60, 120, 240, 480, 540]
-    assert [p.auth.ceiling(n) for n in range(7)] == [5, 10, 20, 40, 80, 160, 300]
-    assert [p.no_route.ceiling(n) for n in range(3)] == [600, 600, 600]
-    assert p.no_route_floor == NO_ROUTE_FLOOR_S
+    p = RetryPolicy(rng=Ceiling())
+    assert [p.delay(result(503), n) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert [p.delay(result(404), n) - NOT_FOUND_FLOOR_S for n in range(5)] == [
+        60,
+        120,
+        240,
+        480,
+        540,
+    ]
+    assert [p.delay(result(401), n) - CONFIG_FLOOR_S for n in range(7)] == [
+        5,
+        10,
+        20,
+        40,
+        80,
+        160,
+        300,
+    ]
+    no_route = result(404, message="Route not found.")
+    assert [p.delay(no_route, n) for n in range(3)] == [NO_ROUTE_FLOOR_S + 600] * 3
+    assert p.transient.ceiling(7) == 30
 
 
 def test_a_new_policy_has_no_failure_run() -> None:
@@ -146,7 +176,7 @@ def test_a_new_policy_has_no_failure_run() -> None:
 
 def test_a_failure_is_neither_a_changed_token_nor_a_stop_unless_said() -> None:
     p = policy()
-    assert p.failed(result(401)) >= UNAUTHORIZED_FLOOR_S
+    assert p.failed(result(401)) >= CONFIG_FLOOR_S
     assert p.failed(result(404)) >= NOT_FOUND_FLOOR_S
 
 
@@ -157,9 +187,9 @@ def test_the_backoff_steps_once_per_failure_and_restarts_for_a_new_kind() -> Non
     )
     assert [p.failed(result(503)) for _ in range(4)] == [1, 2, 4, 8]
     assert [p.failed(result(401)) for _ in range(3)] == [
-        UNAUTHORIZED_FLOOR_S + 5,
-        UNAUTHORIZED_FLOOR_S + 10,
-        UNAUTHORIZED_FLOOR_S + 20,
+        CONFIG_FLOOR_S + 5,
+        CONFIG_FLOOR_S + 10,
+        CONFIG_FLOOR_S + 20,
     ]
     assert p.failed(result(503)) == 1
     p.succeeded()
