@@ -2,13 +2,15 @@
 
 `make_fake_agentapi(**kwargs)` / `make_fake_coder(**kwargs)` start as many fakes as a
 test needs (keyword arguments go to the fake's constructor) and stop them all at
-teardown; `fake_agentapi` / `fake_coder` are one started fake each.
+teardown; `fake_agentapi` / `fake_coder` are one started fake each. `busy_port` is a
+loopback port something already listens on.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime
 from typing import ParamSpec, Protocol, TypeVar
 from uuid import UUID
@@ -91,3 +93,11 @@ async def fake_agentapi(make_fake_agentapi: AgentapiFactory) -> Served[FakeAgent
 @pytest.fixture
 async def fake_coder(make_fake_coder: CoderFactory) -> Served[FakeCoder]:
     return await make_fake_coder()
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]

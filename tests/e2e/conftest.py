@@ -1,11 +1,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import pytest
 
 from tests.e2e.harness import SidecarProcess
+from tests.e2e.workspace import Workspace
+from tests.fakes.agentapi import FakeAgentapi
+from tests.fakes.coder import FakeCoder
+from tests.fakes.server import Served
 
 
 class SidecarFactory(Protocol):
@@ -29,3 +34,12 @@ async def start_sidecar() -> AsyncIterator[SidecarFactory]:
     yield factory
     for proc in procs:
         await proc.kill()
+
+
+@pytest.fixture
+def workspace(
+    tmp_path: Path, fake_agentapi: Served[FakeAgentapi], fake_coder: Served[FakeCoder]
+) -> Workspace:
+    """The two fakes (the `fake_agentapi` and `fake_coder` fixtures), with the sidecar's
+    home, state directory and token file under `tmp_path`."""
+    return Workspace(tmp_path, fake_agentapi, fake_coder)

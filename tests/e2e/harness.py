@@ -15,9 +15,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.fakes.agentapi import FakeAgentapi
 from tests.fakes.coder import FakeCoder
-from tests.fakes.server import Served
 from tests.tools import sidecar_command
 
 
@@ -34,24 +36,6 @@ def base_env(home: Path, **settings: str) -> dict[str, str]:
     return env
 
 
-def sidecar_env(
-    tmp_path: Path, agentapi_url: str, coder: Served[FakeCoder], **overrides: str
-) -> dict[str, str]:
-    """Settings that point a sidecar at the fakes, with short intervals for tests."""
-    settings = {
-        "CODER_AGENT_URL": coder.url,
-        "CODER_AGENT_TOKEN": coder.fake.token,
-        "CODER_TASK_ID": str(coder.fake.task_id),
-        "CODER_MCP_AI_AGENTAPI_URL": agentapi_url,
-        "SIDECAR_STATE_DIR": str(tmp_path / "state"),
-        "SIDECAR_SNAPSHOT_INTERVAL": "1",
-        "SIDECAR_SHUTDOWN_TIMEOUT": "3",
-        "SIDECAR_AGENTAPI_PROBE_INTERVAL": "1",
-    }
-    settings.update(overrides)
-    return base_env(tmp_path, **settings)
-
-
 async def end_the_turn(agentapi: FakeAgentapi) -> None:
     """The agent turns stable once the sidecar listens: a turn's end, which is posted
     within a second whatever the interval (the first post of a start is otherwise
@@ -63,6 +47,21 @@ async def end_the_turn(agentapi: FakeAgentapi) -> None:
 def stored_contents(coder: FakeCoder) -> list[str] | None:
     stored = coder.stored_snapshot()
     return None if stored is None else [m["content"] for m in stored["messages"]]
+
+
+async def metric(base_url: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` with `labels` on a sidecar's /metrics."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(base_url + "/metrics") as resp,
+    ):
+        text = await resp.text()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += float(sample.value)
+    return total
 
 
 class SidecarProcess:
@@ -167,8 +166,8 @@ __all__ = [
     "SidecarProcess",
     "base_env",
     "end_the_turn",
+    "metric",
     "run_to_exit",
     "sidecar_command",
-    "sidecar_env",
     "stored_contents",
 ]

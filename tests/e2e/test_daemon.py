@@ -2,54 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from pathlib import Path
-
-import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import SidecarFactory
 from tests.e2e.harness import (
     SidecarProcess,
     base_env,
     end_the_turn,
-    sidecar_env,
+    metric,
+    run_to_exit,
     stored_contents,
 )
-from tests.fakes.agentapi import FakeAgentapi
-from tests.fakes.coder import FakeCoder
-from tests.fakes.server import Served
-
-
-async def metric(url: str, name: str, **labels: str) -> float:
-    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as resp:
-        text = await resp.text()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
+from tests.e2e.workspace import Workspace
+from tests.tracebacks import assert_no_traceback
 
 
 async def wait_events_seen(proc: SidecarProcess, http: str, count: int) -> None:
     """Wait (with a deadline) until the sidecar has read `count` message_update events."""
-    import asyncio
-
     async with asyncio.timeout(10):
         while await metric(http, "sidecar_agentapi_events_total", type="message_update") < count:
             await asyncio.sleep(0.02)
 
 
 async def test_snapshot_follows_the_conversation(
-    tmp_path: Path,
-    fake_agentapi: Served[FakeAgentapi],
-    fake_coder: Served[FakeCoder],
-    start_sidecar: SidecarFactory,
+    workspace: Workspace, start_sidecar: SidecarFactory
 ) -> None:
-    agentapi, coder = fake_agentapi.fake, fake_coder.fake
+    agentapi, coder = workspace.agentapi.fake, workspace.coder.fake
     agentapi.add_message("agent", "Hello! Ready to help.")
     agentapi.add_message("user", "Fix the tests")
-    proc = await start_sidecar(sidecar_env(tmp_path, fake_agentapi.url, fake_coder))
+    proc = await start_sidecar(workspace.env())
     await coder.wait_for(
         lambda: stored_contents(coder) == ["Hello! Ready to help.", "Fix the tests"], timeout=10
     )
@@ -64,84 +47,55 @@ async def test_snapshot_follows_the_conversation(
     assert proc.events("shutdown.complete")[0]["snapshot_delivered"] is True
 
 
-async def test_sigterm_posts_the_newest_content_and_exits_zero(
-    tmp_path: Path,
-    fake_agentapi: Served[FakeAgentapi],
-    fake_coder: Served[FakeCoder],
-    start_sidecar: SidecarFactory,
-) -> None:
-    agentapi, coder = fake_agentapi.fake, fake_coder.fake
-    agentapi.add_message("user", "Summarize the repo")
+async def start_with_an_unposted_reply(
+    workspace: Workspace, start_sidecar: SidecarFactory, prompt: str, reply: str
+) -> SidecarProcess:
+    """A sidecar on a 600 s interval that has posted the turn's end (`prompt`), then read
+    the agent's `reply`: inside the interval nothing else is posted, so only a stop can
+    deliver the reply."""
+    agentapi, coder = workspace.agentapi.fake, workspace.coder.fake
+    agentapi.add_message("user", prompt)
     agentapi.set_status("running")
-    http = "127.0.0.1:0"
     proc = await start_sidecar(
-        sidecar_env(
-            tmp_path,
-            fake_agentapi.url,
-            fake_coder,
-            SIDECAR_SNAPSHOT_INTERVAL="600",
-            SIDECAR_HTTP_ADDR=http,
-        )
+        workspace.env(SIDECAR_SNAPSHOT_INTERVAL="600", SIDECAR_HTTP_ADDR="127.0.0.1:0")
     )
     await end_the_turn(agentapi)
-    await coder.wait_for(lambda: stored_contents(coder) == ["Summarize the repo"], timeout=10)
+    await coder.wait_for(lambda: stored_contents(coder) == [prompt], timeout=10)
     listening = await proc.wait_log("health.listening")
-    url = f"http://127.0.0.1:{listening['port']}"
-    agentapi.add_message("agent", "The repo holds a daemon and its tests.")
-    await wait_events_seen(proc, url, 2)
-    # Inside the 600 s interval nothing else is posted: only the stop can deliver this.
+    agentapi.add_message("agent", reply)
+    await wait_events_seen(proc, f"http://127.0.0.1:{listening['port']}", 2)
+    return proc
+
+
+async def test_sigterm_posts_the_newest_content_and_exits_zero(
+    workspace: Workspace, start_sidecar: SidecarFactory
+) -> None:
+    coder = workspace.coder.fake
+    reply = "The repo holds a daemon and its tests."
+    proc = await start_with_an_unposted_reply(workspace, start_sidecar, "Summarize the repo", reply)
     assert stored_contents(coder) == ["Summarize the repo"]
     assert await proc.stop() == 0
-    assert stored_contents(coder) == [
-        "Summarize the repo",
-        "The repo holds a daemon and its tests.",
-    ]
+    assert stored_contents(coder) == ["Summarize the repo", reply]
     assert coder.stored_snapshot() is not None
 
 
 async def test_sigterm_after_agentapi_died_still_posts_last_known_conversation(
-    tmp_path: Path,
-    fake_agentapi: Served[FakeAgentapi],
-    fake_coder: Served[FakeCoder],
-    start_sidecar: SidecarFactory,
+    workspace: Workspace, start_sidecar: SidecarFactory
 ) -> None:
-    agentapi, coder = fake_agentapi.fake, fake_coder.fake
-    agentapi.add_message("user", "Write a haiku")
-    agentapi.set_status("running")
-    proc = await start_sidecar(
-        sidecar_env(
-            tmp_path,
-            fake_agentapi.url,
-            fake_coder,
-            SIDECAR_SNAPSHOT_INTERVAL="600",
-            SIDECAR_HTTP_ADDR="127.0.0.1:0",
-        )
-    )
-    await end_the_turn(agentapi)
-    await coder.wait_for(lambda: stored_contents(coder) == ["Write a haiku"], timeout=10)
-    listening = await proc.wait_log("health.listening")
-    agentapi.add_message("agent", "Old pond / a frog jumps in / sound of water")
-    await wait_events_seen(proc, f"http://127.0.0.1:{listening['port']}", 2)
-    await fake_agentapi.server.stop()
+    reply = "Old pond / a frog jumps in / sound of water"
+    proc = await start_with_an_unposted_reply(workspace, start_sidecar, "Write a haiku", reply)
+    await workspace.agentapi.server.stop()
     await proc.wait_log("agentapi.unreachable")
     assert await proc.stop() == 0
-    assert stored_contents(coder) == [
-        "Write a haiku",
-        "Old pond / a frog jumps in / sound of water",
-    ]
+    assert stored_contents(workspace.coder.fake) == ["Write a haiku", reply]
 
 
 async def test_second_signal_during_flush_forces_exit_and_spools(
-    tmp_path: Path,
-    fake_agentapi: Served[FakeAgentapi],
-    fake_coder: Served[FakeCoder],
-    start_sidecar: SidecarFactory,
+    workspace: Workspace, start_sidecar: SidecarFactory
 ) -> None:
-    agentapi, coder = fake_agentapi.fake, fake_coder.fake
+    agentapi, coder = workspace.agentapi.fake, workspace.coder.fake
     agentapi.add_message("user", "hello")
-    proc = await start_sidecar(
-        sidecar_env(tmp_path, fake_agentapi.url, fake_coder, SIDECAR_SHUTDOWN_TIMEOUT="60")
-    )
+    proc = await start_sidecar(workspace.env(SIDECAR_SHUTDOWN_TIMEOUT="60"))
     await coder.wait_for(lambda: stored_contents(coder) == ["hello"], timeout=10)
     coder.fail_next(503, times=10_000)
     agentapi.add_message("agent", "unsent reply")
@@ -152,29 +106,21 @@ async def test_second_signal_during_flush_forces_exit_and_spools(
     code = await proc.wait(timeout=10)
     assert code == 1
     assert proc.events("shutdown.forced")
-    spooled = (tmp_path / "state" / f"{coder.task_id}.json").read_text()
+    spooled = workspace.spool_path.read_text()
     assert "unsent reply" in spooled
 
 
 async def test_token_never_appears_in_output(
-    tmp_path: Path,
-    fake_agentapi: Served[FakeAgentapi],
-    fake_coder: Served[FakeCoder],
-    start_sidecar: SidecarFactory,
+    workspace: Workspace, start_sidecar: SidecarFactory
 ) -> None:
-    agentapi, coder = fake_agentapi.fake, fake_coder.fake
+    agentapi, coder = workspace.agentapi.fake, workspace.coder.fake
     agentapi.add_message("user", "hi")
-    token_file = tmp_path / "token"
-    token_file.write_text(coder.token + "\n")
-    token_file.chmod(0o644)  # also makes it warn about the file mode
-    env = sidecar_env(tmp_path, fake_agentapi.url, fake_coder, SIDECAR_LOG_LEVEL="debug")
-    del env["CODER_AGENT_TOKEN"]
-    env["CODER_AGENT_TOKEN_FILE"] = str(token_file)
+    workspace.token_file.chmod(0o644)  # also makes it warn about the file mode
     old = coder.token
     new = coder.rotate_token()  # the old token is now refused with 401
-    proc = await start_sidecar(env)
+    proc = await start_sidecar(workspace.token_file_env(SIDECAR_LOG_LEVEL="debug"))
     await proc.wait_log("snapshot.unauthorized")
-    token_file.write_text(new)
+    workspace.token_file.write_text(new)
     await coder.wait_for(lambda: stored_contents(coder) == ["hi"], timeout=15)
     assert await proc.stop() == 0
     out = proc.output()
@@ -192,8 +138,6 @@ def _only_line(text: str) -> str:
 
 
 async def test_bad_configuration_exits_2_with_one_line(tmp_path: Path) -> None:
-    from tests.e2e.harness import run_to_exit
-
     secret = "0d7f6a52-5b0e-4b3e-9a55-5d3c1c3f9e21"
     cases: list[tuple[dict[str, str], str]] = [
         ({}, "CODER_AGENT_URL"),
@@ -222,6 +166,6 @@ async def test_bad_configuration_exits_2_with_one_line(tmp_path: Path) -> None:
             assert code == 2, (args, settings, err)
             line = _only_line(err)
             assert variable in line
-            assert "Traceback" not in err
+            assert_no_traceback(err)
             assert out == ""
             assert secret not in err

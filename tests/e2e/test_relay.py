@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 from tests.e2e.conftest import SidecarFactory
-from tests.e2e.harness import sidecar_env
-from tests.fakes.agentapi import FakeAgentapi
+from tests.e2e.workspace import Workspace
 from tests.fakes.coder import FakeCoder
-from tests.fakes.server import Served
 
 
-def relay_env(
-    tmp_path: Path, agentapi_url: str, coder: Served[FakeCoder], **overrides: str
-) -> dict[str, str]:
-    settings = {"CODER_MCP_APP_STATUS_SLUG": "claude-code", "SIDECAR_RELAY_GRACE": "1"}
-    settings.update(overrides)
-    return sidecar_env(tmp_path, agentapi_url, coder, **settings)
+def relay_env(workspace: Workspace, **overrides: str) -> dict[str, str]:
+    relay = {"CODER_MCP_APP_STATUS_SLUG": "claude-code", "SIDECAR_RELAY_GRACE": "1"}
+    return workspace.env(**{**relay, **overrides})
 
 
 def states(coder: FakeCoder) -> list[tuple[str, str]]:
@@ -25,14 +19,11 @@ def states(coder: FakeCoder) -> list[tuple[str, str]]:
 
 
 async def test_relay_reports_turns_errors_and_death(
-    tmp_path: Path,
-    fake_agentapi: Served[FakeAgentapi],
-    fake_coder: Served[FakeCoder],
-    start_sidecar: SidecarFactory,
+    workspace: Workspace, start_sidecar: SidecarFactory
 ) -> None:
-    agentapi, coder = fake_agentapi.fake, fake_coder.fake
+    agentapi, coder = workspace.agentapi.fake, workspace.coder.fake
     agentapi.add_message("agent", "Ready when you are.")
-    proc = await start_sidecar(relay_env(tmp_path, fake_agentapi.url, fake_coder))
+    proc = await start_sidecar(relay_env(workspace))
     await coder.wait_for(lambda: len(coder.app_statuses) == 1, 10)
     assert states(coder)[0][0] == "idle"
 
@@ -55,7 +46,7 @@ async def test_relay_reports_turns_errors_and_death(
     assert len(coder.app_statuses) == sent + 1
 
     # agentapi dies: after the grace period, failure "agent is not responding".
-    await fake_agentapi.server.stop()
+    await workspace.agentapi.server.stop()
     await coder.wait_for(lambda: states(coder)[-1] == ("failure", "agent is not responding"), 10)
     assert await proc.stop() == 0
     # No PATCH on stop by default, and never the same report twice in a row.
@@ -65,36 +56,27 @@ async def test_relay_reports_turns_errors_and_death(
 
 
 async def test_relay_on_stop_sends_the_configured_state(
-    tmp_path: Path,
-    fake_agentapi: Served[FakeAgentapi],
-    fake_coder: Served[FakeCoder],
-    start_sidecar: SidecarFactory,
+    workspace: Workspace, start_sidecar: SidecarFactory
 ) -> None:
-    agentapi, coder = fake_agentapi.fake, fake_coder.fake
+    agentapi, coder = workspace.agentapi.fake, workspace.coder.fake
     agentapi.add_message("agent", "All done here.")
-    proc = await start_sidecar(
-        relay_env(tmp_path, fake_agentapi.url, fake_coder, SIDECAR_RELAY_ON_STOP="complete")
-    )
+    proc = await start_sidecar(relay_env(workspace, SIDECAR_RELAY_ON_STOP="complete"))
     await coder.wait_for(lambda: len(coder.app_statuses) == 1, 10)
     assert await proc.stop() == 0
     assert [s.state for s in coder.app_statuses] == ["idle", "complete"]
 
 
 async def test_unknown_slug_is_reported_and_not_retried(
-    tmp_path: Path,
-    fake_agentapi: Served[FakeAgentapi],
-    fake_coder: Served[FakeCoder],
-    start_sidecar: SidecarFactory,
+    workspace: Workspace, start_sidecar: SidecarFactory
 ) -> None:
-    fake_agentapi.fake.add_message("agent", "hello")
-    proc = await start_sidecar(
-        relay_env(tmp_path, fake_agentapi.url, fake_coder, CODER_MCP_APP_STATUS_SLUG="no-such-app")
-    )
+    agentapi, coder = workspace.agentapi.fake, workspace.coder.fake
+    agentapi.add_message("agent", "hello")
+    proc = await start_sidecar(relay_env(workspace, CODER_MCP_APP_STATUS_SLUG="no-such-app"))
     rejected = await proc.wait_log("relay.rejected")
     assert rejected["status"] == 400
     # The snapshot path is unaffected by the relay's trouble.
-    await fake_coder.fake.wait_for(lambda: fake_coder.fake.stored_snapshot() is not None, 10)
-    patches = [r for r in fake_coder.fake.requests if r.method == "PATCH"]
+    await coder.wait_for(lambda: coder.stored_snapshot() is not None, 10)
+    patches = [r for r in coder.requests if r.method == "PATCH"]
     assert len(patches) == 1
     assert await proc.stop() == 0
-    assert len([r for r in fake_coder.fake.requests if r.method == "PATCH"]) == 1
+    assert len([r for r in coder.requests if r.method == "PATCH"]) == 1

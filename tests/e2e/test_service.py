@@ -13,10 +13,8 @@ import aiohttp
 import pytest
 
 from tests.e2e.conftest import SidecarFactory
-from tests.e2e.harness import sidecar_env, stored_contents
-from tests.fakes.agentapi import FakeAgentapi
-from tests.fakes.coder import FakeCoder
-from tests.fakes.server import Served
+from tests.e2e.harness import stored_contents
+from tests.e2e.workspace import Workspace
 
 
 @pytest.fixture
@@ -43,26 +41,20 @@ async def receive_until(
 
 
 async def test_sd_notify_lifecycle(
-    tmp_path: Path,
-    fake_agentapi: Served[FakeAgentapi],
-    fake_coder: Served[FakeCoder],
+    workspace: Workspace,
     start_sidecar: SidecarFactory,
     notify_socket: tuple[socket.socket, str],
 ) -> None:
     sock, path = notify_socket
-    fake_agentapi.fake.add_message("user", "hi")
-    proc = await start_sidecar(
-        sidecar_env(
-            tmp_path, fake_agentapi.url, fake_coder, NOTIFY_SOCKET=path, WATCHDOG_USEC="400000"
-        )
-    )
+    workspace.agentapi.fake.add_message("user", "hi")
+    proc = await start_sidecar(workspace.env(NOTIFY_SOCKET=path, WATCHDOG_USEC="400000"))
     seen: list[dict[str, str]] = []
     ready = await receive_until(sock, "READY", seen)
     assert ready["READY"] == "1"
     assert "STATUS" in ready
     await receive_until(sock, "WATCHDOG", seen)
     await receive_until(sock, "WATCHDOG", seen)  # keeps coming from the event loop
-    await fake_agentapi.server.stop()
+    await workspace.agentapi.server.stop()
     async with asyncio.timeout(10):
         while not any("unreachable" in f.get("STATUS", "") for f in seen):
             await receive_until(sock, "STATUS", seen)
@@ -79,26 +71,22 @@ async def test_sd_notify_lifecycle(
 
 
 async def test_health_endpoints_over_http(
-    tmp_path: Path,
-    fake_agentapi: Served[FakeAgentapi],
-    fake_coder: Served[FakeCoder],
-    start_sidecar: SidecarFactory,
+    workspace: Workspace, start_sidecar: SidecarFactory
 ) -> None:
-    fake_agentapi.fake.add_message("user", "hi")
-    proc = await start_sidecar(
-        sidecar_env(tmp_path, fake_agentapi.url, fake_coder, SIDECAR_HTTP_ADDR="127.0.0.1:0")
-    )
+    coder = workspace.coder.fake
+    workspace.agentapi.fake.add_message("user", "hi")
+    proc = await start_sidecar(workspace.env(SIDECAR_HTTP_ADDR="127.0.0.1:0"))
     listening = await proc.wait_log("health.listening")
     assert listening["host"] == "127.0.0.1"
     base = f"http://127.0.0.1:{listening['port']}"
-    await fake_coder.fake.wait_for(lambda: stored_contents(fake_coder.fake) == ["hi"], 10)
+    await coder.wait_for(lambda: stored_contents(coder) == ["hi"], 10)
     async with aiohttp.ClientSession() as http:
         async with http.get(base + "/healthz") as resp:
             assert resp.status == 200
         async with http.get(base + "/readyz") as resp:
             assert resp.status == 200, await resp.text()
         # agentapi gone, no state file: not ready, and it says why.
-        await fake_agentapi.server.stop()
+        await workspace.agentapi.server.stop()
         await proc.wait_log("agentapi.unreachable")
         async with http.get(base + "/readyz") as resp:
             assert resp.status == 503
@@ -113,28 +101,20 @@ async def test_health_endpoints_over_http(
 
 
 async def test_state_file_speaks_while_agentapi_is_down(
-    tmp_path: Path,
-    fake_agentapi: Served[FakeAgentapi],
-    fake_coder: Served[FakeCoder],
-    start_sidecar: SidecarFactory,
+    workspace: Workspace, start_sidecar: SidecarFactory
 ) -> None:
-    agentapi = fake_agentapi.fake
+    agentapi, coder = workspace.agentapi.fake, workspace.coder.fake
     agentapi.add_message("user", "from the state file")
-    state = tmp_path / "agentapi" / "state.json"
+    state = workspace.state_file
     agentapi.write_state_file(state)
-    url = fake_agentapi.url
-    await fake_agentapi.server.stop()
-    proc = await start_sidecar(
-        sidecar_env(tmp_path, url, fake_coder, AGENTAPI_STATE_FILE=str(state))
-    )
-    await fake_coder.fake.wait_for(
-        lambda: stored_contents(fake_coder.fake) == ["from the state file"], 10
-    )
+    await workspace.agentapi.server.stop()
+    proc = await start_sidecar(workspace.env(AGENTAPI_STATE_FILE=str(state)))
+    await coder.wait_for(lambda: stored_contents(coder) == ["from the state file"], 10)
     # agentapi rewrites the file by rename (SIGUSR1 or its own shutdown): picked up.
     agentapi.add_message("agent", "written later")
     agentapi.write_state_file(state)
-    await fake_coder.fake.wait_for(
-        lambda: stored_contents(fake_coder.fake) == ["from the state file", "written later"], 10
+    await coder.wait_for(
+        lambda: stored_contents(coder) == ["from the state file", "written later"], 10
     )
     # A half-written or foreign file is reported and ignored: the snapshot stays.
     state.write_text('{"version": 1, "messages": [')
@@ -142,13 +122,11 @@ async def test_state_file_speaks_while_agentapi_is_down(
     state.write_text('{"version": 99, "messages": []}')
     await proc.wait_log("statefile.ignored", count=2)
     # agentapi comes back: the live stream wins.
-    await fake_agentapi.server.start()
+    await workspace.agentapi.server.start()
     agentapi.add_message("user", "live again")
-    await fake_coder.fake.wait_for(
-        lambda: (stored_contents(fake_coder.fake) or [""])[-1] == "live again", 10
-    )
+    await coder.wait_for(lambda: (stored_contents(coder) or [""])[-1] == "live again", 10)
     assert await proc.stop() == 0
-    assert stored_contents(fake_coder.fake) == [
+    assert stored_contents(coder) == [
         "from the state file",
         "written later",
         "live again",

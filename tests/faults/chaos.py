@@ -26,6 +26,7 @@ from typing import Final
 import pytest
 
 from tests.faults.rig import Rig, ground_truth_problem, poisoned_posts, read_back
+from tests.tracebacks import traceback_in
 
 __all__ = ["REPORT_KEY", "ChaosReport", "RunResult", "run_chaos"]
 
@@ -301,8 +302,9 @@ def _crashes(w: World) -> list[str]:
             found.append(f"sidecar #{index} exited {code} on its own")
         if proc.events("task.crashed"):
             found.append(f"sidecar #{index} logged task.crashed")
-        if "Traceback" in proc.output():
-            found.append(f"sidecar #{index} printed a traceback")
+        printed = traceback_in(proc.output())
+        if printed is not None:
+            found.append(f"sidecar #{index} printed a traceback:\n{printed}")
     return found
 
 

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import AgentapiFactory, CoderFactory
-from tests.e2e.conftest import start_sidecar  # noqa: F401 (shared with the e2e tests)
+from tests.e2e.conftest import start_sidecar, workspace  # noqa: F401 (shared with the e2e tests)
+from tests.fakes.agentapi import FakeAgentapi
+from tests.fakes.coder import FakeCoder
+from tests.fakes.server import Served
 from tests.faults.chaos import REPORT_KEY, ChaosReport
 from tests.faults.rig import Rig
 
@@ -41,12 +43,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @pytest.fixture
 async def rig(
-    tmp_path: Path, make_fake_agentapi: AgentapiFactory, make_fake_coder: CoderFactory
+    tmp_path: Path, fake_agentapi: Served[FakeAgentapi], fake_coder: Served[FakeCoder]
 ) -> AsyncIterator[Rig]:
-    """The two fakes and a token file; sidecars started on it are killed at teardown."""
-    agentapi = await make_fake_agentapi()
-    coder = await make_fake_coder()
-    rig = Rig(tmp_path, agentapi, coder)
+    """A workspace on the two fakes; sidecars started in it are killed at teardown."""
+    rig = Rig(tmp_path, fake_agentapi, fake_coder)
     try:
         yield rig
     finally:

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.harness import SidecarProcess, base_env
+from tests.e2e.harness import SidecarProcess, metric
+from tests.e2e.workspace import Workspace
 from tests.fakes.agentapi import FakeAgentapi
 from tests.fakes.coder import FakeCoder, RecordedRequest
-from tests.fakes.server import Served
+from tests.tracebacks import assert_no_traceback
 
 __all__ = [
     "MAX_BYTES",
@@ -252,31 +252,27 @@ class Sidecar:
     metrics_url: str
 
 
-@dataclass
-class Rig:
-    """One agentapi fake, one Coder fake, a token file, and the sidecar processes run
-    against them (the newest is `sidecar`)."""
+# What the fault cases add to the workspace's settings: a short request deadline, the
+# health listener for /metrics, and debug logs to tell what the sidecar did.
+_RIG_SETTINGS: Final = {
+    "SIDECAR_HTTP_TIMEOUT": "2",
+    "SIDECAR_HTTP_ADDR": "127.0.0.1:0",
+    "SIDECAR_LOG_LEVEL": "debug",
+}
 
-    tmp_path: Path
-    agentapi: Served[FakeAgentapi]
-    coder: Served[FakeCoder]
+
+@dataclass
+class Rig(Workspace):
+    """A workspace and the sidecar processes run in it (the newest is `sidecar`), which
+    read the token from the token file."""
+
     extra_env: dict[str, str] = field(default_factory=dict)
     sidecars: list[Sidecar] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.token_file = self.tmp_path / "agent-token"
-        self.write_token(self.coder.fake.token)
+        super().__post_init__()
         self.agent = Agent(self.agentapi.fake)
-
-    @property
-    def state_dir(self) -> Path:
-        return self.tmp_path / "state"
-
-    @property
-    def state_file(self) -> Path:
-        """agentapi's --state-file, once `use_state_file()` configured it."""
-        return self.tmp_path / "agentapi" / "state.json"
 
     def use_state_file(self, *, create_dir: bool = True) -> None:
         """Run the sidecars with AGENTAPI_STATE_FILE, as the README's template does.
@@ -284,10 +280,6 @@ class Rig:
         if create_dir:
             self.state_file.parent.mkdir(parents=True, exist_ok=True)
         self.extra_env["AGENTAPI_STATE_FILE"] = str(self.state_file)
-
-    @property
-    def spool_path(self) -> Path:
-        return self.state_dir / f"{self.coder.fake.task_id}.json"
 
     @property
     def sidecar(self) -> Sidecar:
@@ -302,31 +294,8 @@ class Rig:
         action that causes the next one, then `wait_log(..., count=n + 1)`."""
         return len(self.proc.events(event))
 
-    def write_token(self, token: str) -> None:
-        """Replace the token file atomically, as a secret manager would."""
-        temp = self.token_file.with_name(self.token_file.name + ".new")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(token + "\n")
-        os.replace(temp, self.token_file)
-
     def env(self, **extra: str) -> dict[str, str]:
-        settings = {
-            "CODER_AGENT_URL": self.coder.url,
-            "CODER_AGENT_TOKEN_FILE": str(self.token_file),
-            "CODER_TASK_ID": str(self.coder.fake.task_id),
-            "CODER_MCP_AI_AGENTAPI_URL": self.agentapi.url,
-            "SIDECAR_STATE_DIR": str(self.state_dir),
-            "SIDECAR_SNAPSHOT_INTERVAL": "1",
-            "SIDECAR_AGENTAPI_PROBE_INTERVAL": "1",
-            "SIDECAR_SHUTDOWN_TIMEOUT": "3",
-            "SIDECAR_HTTP_TIMEOUT": "2",
-            "SIDECAR_HTTP_ADDR": "127.0.0.1:0",
-            "SIDECAR_LOG_LEVEL": "debug",
-        }
-        settings.update(self.extra_env)
-        settings.update(extra)
-        return base_env(self.tmp_path, **settings)
+        return self.token_file_env(**{**_RIG_SETTINGS, **self.extra_env, **extra})
 
     async def start_sidecar(self, **extra: str) -> Sidecar:
         proc = SidecarProcess(self.env(**extra))
@@ -350,19 +319,7 @@ class Rig:
             await sidecar.proc.kill()
 
     async def metric(self, name: str, **labels: str) -> float:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(self.sidecar.metrics_url + "/metrics") as resp,
-        ):
-            text = await resp.text()
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(
-                    sample.labels.get(k) == v for k, v in labels.items()
-                ):
-                    total += float(sample.value)
-        return total
+        return await metric(self.sidecar.metrics_url, name, **labels)
 
     @contextlib.asynccontextmanager
     async def seen(self, updates: int = 1, timeout: float = 10.0) -> AsyncIterator[None]:
@@ -389,6 +346,17 @@ class Rig:
 
     def truth_problem(self, body: bytes) -> str | None:
         return snapshot_problem(expected_messages(self.agentapi.fake), body)
+
+    async def stop_cleanly(self) -> None:
+        """No accepted post poisoned the read-back, and a SIGTERM now exits 0 without
+        undoing the stored truth; no sidecar of the run crashed or printed a traceback."""
+        assert not poisoned_posts(self.coder.fake)
+        assert await self.sigterm() == 0
+        assert self.proc.events("shutdown.complete")[-1]["snapshot_delivered"] is True
+        await self.assert_truth()
+        for sidecar in self.sidecars:
+            assert not sidecar.proc.events("task.crashed"), sidecar.proc.output()[-3000:]
+            assert_no_traceback(sidecar.proc.output())
 
 
 async def wait_log(

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -25,13 +23,13 @@ from tests.e2e.harness import (
     base_env,
     end_the_turn,
     run_to_exit,
-    sidecar_env,
     stored_contents,
 )
-from tests.fakes.agentapi import FakeAgentapi
+from tests.e2e.workspace import Workspace
 from tests.fakes.coder import FakeCoder
 from tests.fakes.server import Served
 from tests.faults.rig import Rig
+from tests.tracebacks import assert_no_traceback
 
 DEADLINE: Final = 15.0
 COMMANDS: Final = (["run"], ["snapshot"], ["check"])
@@ -43,30 +41,20 @@ def one_line(err: str) -> str:
     return lines[0]
 
 
-def spool_of(tmp_path: Path, coder: FakeCoder) -> Path:
-    return tmp_path / "state" / f"{coder.task_id}.json"
-
-
 # --- 1. values from the environment ----------------------------------------------------
 
 
 @pytest.mark.parametrize("padding", ["\n", "\r\n", "  \t"], ids=["lf", "crlf", "blanks"])
 async def test_a_token_with_surrounding_whitespace_works(
-    tmp_path: Path,
-    fake_agentapi: Served[FakeAgentapi],
-    fake_coder: Served[FakeCoder],
-    start_sidecar: SidecarFactory,
-    padding: str,
+    workspace: Workspace, start_sidecar: SidecarFactory, padding: str
 ) -> None:
-    fake_agentapi.fake.add_message("user", "a Kubernetes secret ends in a newline")
-    env = sidecar_env(tmp_path, fake_agentapi.url, fake_coder)
-    env["CODER_AGENT_TOKEN"] = env["CODER_AGENT_TOKEN"] + padding
-    proc = await start_sidecar(env)
-    coder = fake_coder.fake
+    coder = workspace.coder.fake
+    workspace.agentapi.fake.add_message("user", "a Kubernetes secret ends in a newline")
+    proc = await start_sidecar(workspace.env(CODER_AGENT_TOKEN=coder.token + padding))
     await coder.wait_for(lambda: stored_contents(coder) is not None, DEADLINE)
     assert await proc.stop() == 0
     assert proc.events("shutdown.complete")[-1]["snapshot"] == "delivered"
-    assert "Traceback" not in proc.output()
+    assert_no_traceback(proc.output())
 
 
 @pytest.mark.parametrize(
@@ -111,7 +99,7 @@ async def test_a_token_file_that_is_a_fifo_is_refused_at_once(
 
 
 async def test_odd_values_of_every_variable_never_print_a_traceback(
-    tmp_path: Path, fake_agentapi: Served[FakeAgentapi], fake_coder: Served[FakeCoder]
+    workspace: Workspace,
 ) -> None:
     # `check` runs every probe the daemon would; a value it survives, the others do too.
     odd = {
@@ -126,22 +114,18 @@ async def test_odd_values_of_every_variable_never_print_a_traceback(
         "HTTPS_PROXY": "::",
     }
     for variable, value in odd.items():
-        env = sidecar_env(tmp_path, fake_agentapi.url, fake_coder, **{variable: value})
+        env = workspace.env(**{variable: value})
         code, out, err = await run_to_exit(env, ["check"], timeout=DEADLINE)
         assert code in (0, 1, 2), (variable, code)
-        assert "Traceback" not in out + err, (variable, err)
+        assert_no_traceback(out + err, variable)
         if code == 2:
             assert variable in one_line(err)
 
 
 async def test_an_unknown_variable_is_warned_about_with_the_closest_name(
-    tmp_path: Path,
-    fake_agentapi: Served[FakeAgentapi],
-    fake_coder: Served[FakeCoder],
-    start_sidecar: SidecarFactory,
+    workspace: Workspace, start_sidecar: SidecarFactory
 ) -> None:
-    env = sidecar_env(tmp_path, fake_agentapi.url, fake_coder, SIDECAR_SNAPSHOT_INTERVALL="5")
-    proc = await start_sidecar(env)
+    proc = await start_sidecar(workspace.env(SIDECAR_SNAPSHOT_INTERVALL="5"))
     warned = await proc.wait_log("config.unknown_variable")
     assert warned["variable"] == "SIDECAR_SNAPSHOT_INTERVALL"
     assert warned["did_you_mean"] == "SIDECAR_SNAPSHOT_INTERVAL"
@@ -154,24 +138,20 @@ async def test_an_unknown_variable_is_warned_about_with_the_closest_name(
 
 
 async def test_a_redirect_is_never_followed_and_its_body_is_kept_and_retried(
-    tmp_path: Path,
-    fake_agentapi: Served[FakeAgentapi],
-    make_fake_coder: CoderFactory,
-    start_sidecar: SidecarFactory,
+    workspace: Workspace, make_fake_coder: CoderFactory, start_sidecar: SidecarFactory
 ) -> None:
-    coder = await make_fake_coder()
-    elsewhere = await make_fake_coder(token=coder.fake.token, task_id=coder.fake.task_id)
-    location = elsewhere.url + coder.fake.snapshot_path() + "?format=agentapi"
-    coder.fake.redirect_next(location, status=308, times=2)
-    fake_agentapi.fake.add_message("user", "behind an http → https redirect")
-    proc = await start_sidecar(sidecar_env(tmp_path, fake_agentapi.url, coder))
+    coder = workspace.coder.fake
+    elsewhere = await make_fake_coder(token=coder.token, task_id=coder.task_id)
+    location = elsewhere.url + coder.snapshot_path() + "?format=agentapi"
+    coder.redirect_next(location, status=308, times=2)
+    workspace.agentapi.fake.add_message("user", "behind an http → https redirect")
+    proc = await start_sidecar(workspace.env())
     said = await proc.wait_log("snapshot.redirected", timeout=DEADLINE)
     assert said["location"] == location
     assert "CODER_AGENT_URL" in said["hint"]
-    spool = spool_of(tmp_path, coder.fake)
-    await coder.fake.wait_for(spool.exists, DEADLINE)
+    await coder.wait_for(workspace.spool_path.exists, DEADLINE)
     # Retried with back-off (once more redirected, then through), logged once.
-    await coder.fake.wait_for(lambda: stored_contents(coder.fake) is not None, 30)
+    await coder.wait_for(lambda: stored_contents(coder) is not None, 30)
     assert len(proc.events("snapshot.redirected")) == 1
     # The token never went where the redirect pointed.
     assert elsewhere.fake.requests == []
@@ -179,31 +159,25 @@ async def test_a_redirect_is_never_followed_and_its_body_is_kept_and_retried(
 
 
 async def test_shutdown_while_redirected_spools_and_says_so(
-    tmp_path: Path,
-    fake_agentapi: Served[FakeAgentapi],
-    fake_coder: Served[FakeCoder],
-    start_sidecar: SidecarFactory,
+    workspace: Workspace, start_sidecar: SidecarFactory
 ) -> None:
-    coder = fake_coder.fake
-    coder.redirect_next("https://127.0.0.1:9/moved", status=301, times=1000)
-    fake_agentapi.fake.add_message("user", "redirected all along")
-    proc = await start_sidecar(sidecar_env(tmp_path, fake_agentapi.url, fake_coder))
+    workspace.coder.fake.redirect_next("https://127.0.0.1:9/moved", status=301, times=1000)
+    workspace.agentapi.fake.add_message("user", "redirected all along")
+    proc = await start_sidecar(workspace.env())
     await proc.wait_log("snapshot.redirected", timeout=DEADLINE)
     assert await proc.stop() == 0
     done = proc.events("shutdown.complete")[-1]
     assert done["snapshot"] == "spooled"
     assert done["snapshot_delivered"] is False
-    assert "redirected all along" in spool_of(tmp_path, coder).read_text()
+    assert "redirected all along" in workspace.spool_path.read_text()
 
 
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
-async def test_check_fails_naming_the_redirect(
-    tmp_path: Path, fake_agentapi: Served[FakeAgentapi], fake_coder: Served[FakeCoder], status: int
-) -> None:
-    fake_coder.fake.redirect_next("https://coder.example.com/", status, 10, path_contains="/api/")
-    code, out, _err = await run_to_exit(
-        sidecar_env(tmp_path, fake_agentapi.url, fake_coder), ["check"]
+async def test_check_fails_naming_the_redirect(workspace: Workspace, status: int) -> None:
+    workspace.coder.fake.redirect_next(
+        "https://coder.example.com/", status, 10, path_contains="/api/"
     )
+    code, out, _err = await run_to_exit(workspace.env(), ["check"])
     assert code == 1
     assert "redirected to https://coder.example.com/" in out
     assert "→ set CODER_AGENT_URL to the URL it points to" in out
@@ -229,15 +203,14 @@ async def test_sighup_is_a_stop_request_with_the_final_flush(rig: Rig) -> None:
 
 
 async def test_sighup_to_the_process_group_as_coders_agent_sends_it(
-    tmp_path: Path, fake_agentapi: Served[FakeAgentapi], fake_coder: Served[FakeCoder]
+    workspace: Workspace,
 ) -> None:
-    fake_agentapi.fake.add_message("user", "started from a coder_script")
-    proc = SidecarProcess(sidecar_env(tmp_path, fake_agentapi.url, fake_coder))
+    coder = workspace.coder.fake
+    workspace.agentapi.fake.add_message("user", "started from a coder_script")
+    proc = SidecarProcess(workspace.env())
     await proc.start(new_session=True)
     try:
-        await fake_coder.fake.wait_for(
-            lambda: stored_contents(fake_coder.fake) is not None, DEADLINE
-        )
+        await coder.wait_for(lambda: stored_contents(coder) is not None, DEADLINE)
         assert proc.proc is not None
         os.killpg(proc.proc.pid, signal.SIGHUP)
         assert await proc.wait(DEADLINE) == 0
@@ -247,18 +220,15 @@ async def test_sighup_to_the_process_group_as_coders_agent_sends_it(
 
 
 async def test_a_repeated_sigterm_is_one_stop_request(
-    tmp_path: Path,
-    fake_agentapi: Served[FakeAgentapi],
-    fake_coder: Served[FakeCoder],
-    start_sidecar: SidecarFactory,
+    workspace: Workspace, start_sidecar: SidecarFactory
 ) -> None:
-    coder = fake_coder.fake
-    fake_agentapi.fake.add_message("user", "hello")
-    proc = await start_sidecar(sidecar_env(tmp_path, fake_agentapi.url, fake_coder))
+    agentapi, coder = workspace.agentapi.fake, workspace.coder.fake
+    agentapi.add_message("user", "hello")
+    proc = await start_sidecar(workspace.env())
     await coder.wait_for(lambda: stored_contents(coder) == ["hello"], DEADLINE)
     # The final flush meets a slow Coder; the supervisor signals again meanwhile.
     coder.fail_next(503, times=3, retry_after=1)
-    fake_agentapi.fake.add_message("agent", "said while stopping")
+    agentapi.add_message("agent", "said while stopping")
     await proc.wait_log("snapshot.retry", timeout=DEADLINE)
     proc.signal(signal.SIGTERM)
     await proc.wait_log("shutdown.requested")
@@ -278,18 +248,12 @@ async def test_a_repeated_sigterm_is_one_stop_request(
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 async def test_snapshot_killed_mid_post_spools_and_exits_without_a_traceback(
-    tmp_path: Path,
-    fake_agentapi: Served[FakeAgentapi],
-    fake_coder: Served[FakeCoder],
-    sig: signal.Signals,
+    workspace: Workspace, sig: signal.Signals
 ) -> None:
-    coder = fake_coder.fake
+    coder = workspace.coder.fake
     coder.hang_next(times=10)
-    fake_agentapi.fake.add_message("user", "posting when the hook ran out of time")
-    proc = SidecarProcess(
-        sidecar_env(tmp_path, fake_agentapi.url, fake_coder, SIDECAR_SHUTDOWN_TIMEOUT="60"),
-        ["snapshot"],
-    )
+    workspace.agentapi.fake.add_message("user", "posting when the hook ran out of time")
+    proc = SidecarProcess(workspace.env(SIDECAR_SHUTDOWN_TIMEOUT="60"), ["snapshot"])
     await proc.start()
     try:
         await coder.wait_for(lambda: len(coder.snapshot_posts()) == 1, DEADLINE)
@@ -297,23 +261,23 @@ async def test_snapshot_killed_mid_post_spools_and_exits_without_a_traceback(
         assert await proc.wait(DEADLINE) == 1
     finally:
         await proc.kill()
-    assert "Traceback" not in proc.output()
+    assert_no_traceback(proc.output())
     assert "KeyboardInterrupt" not in proc.output()
     assert proc.events("oneshot.interrupted")[0]["signal"] == sig.name
-    assert "posting when the hook ran out of time" in spool_of(tmp_path, coder).read_text()
+    assert "posting when the hook ran out of time" in workspace.spool_path.read_text()
 
 
 async def test_a_signal_during_start_up_leaves_no_half_written_file(
-    tmp_path: Path, fake_agentapi: Served[FakeAgentapi], fake_coder: Served[FakeCoder]
+    workspace: Workspace,
 ) -> None:
-    state = tmp_path / "state"
+    state = workspace.state_dir
     state.mkdir()
     # What a write killed mid-way leaves: a temp file beside the spool.
     stale = state / ".spool-leftover.tmp"
     stale.write_text('{"messages":[{"id":0')
     os.utime(stale, (0, 0))
     for delay in (0.0, 0.05, 0.2):
-        proc = SidecarProcess(sidecar_env(tmp_path, fake_agentapi.url, fake_coder))
+        proc = SidecarProcess(workspace.env())
         await proc.start()
         try:
             await asyncio.sleep(delay)  # a signal at several points of the start-up
@@ -321,11 +285,11 @@ async def test_a_signal_during_start_up_leaves_no_half_written_file(
             await proc.wait(DEADLINE)
         finally:
             await proc.kill()
-        assert "Traceback" not in proc.output()
+        assert_no_traceback(proc.output())
     leftovers = [p.name for p in state.iterdir() if p.suffix == ".tmp"]
     assert leftovers == [] or leftovers == [stale.name]
     # A full start cleans up what a killed write left behind.
-    proc = SidecarProcess(sidecar_env(tmp_path, fake_agentapi.url, fake_coder))
+    proc = SidecarProcess(workspace.env())
     await proc.start()
     try:
         await proc.wait_log("spool.temp_removed", timeout=DEADLINE)
@@ -339,33 +303,19 @@ async def test_a_signal_during_start_up_leaves_no_half_written_file(
 
 
 async def test_a_state_dir_that_is_a_file_is_said_at_start_and_a_lost_snapshot_exits_1(
-    tmp_path: Path,
-    fake_agentapi: Served[FakeAgentapi],
-    fake_coder: Served[FakeCoder],
-    start_sidecar: SidecarFactory,
+    workspace: Workspace, start_sidecar: SidecarFactory
 ) -> None:
-    not_a_dir = tmp_path / "state-file"
+    not_a_dir = workspace.home / "state-file"
     not_a_dir.write_text("")
-    await _lost_snapshot(tmp_path, fake_agentapi, fake_coder, start_sidecar, str(not_a_dir))
+    await _lost_snapshot(workspace, start_sidecar, str(not_a_dir))
 
 
 async def _lost_snapshot(
-    tmp_path: Path,
-    fake_agentapi: Served[FakeAgentapi],
-    fake_coder: Served[FakeCoder],
-    start_sidecar: SidecarFactory,
-    state_dir: str,
+    workspace: Workspace, start_sidecar: SidecarFactory, state_dir: str
 ) -> None:
-    coder = fake_coder.fake
-    coder.fail_next(503, times=10_000)
-    fake_agentapi.fake.add_message("user", "nowhere to keep this")
-    env = sidecar_env(
-        tmp_path,
-        fake_agentapi.url,
-        fake_coder,
-        SIDECAR_STATE_DIR=state_dir,
-        SIDECAR_SHUTDOWN_TIMEOUT="1",
-    )
+    workspace.coder.fake.fail_next(503, times=10_000)
+    workspace.agentapi.fake.add_message("user", "nowhere to keep this")
+    env = workspace.env(SIDECAR_STATE_DIR=state_dir, SIDECAR_SHUTDOWN_TIMEOUT="1")
     proc = await start_sidecar(env)
     unusable = await proc.wait_log("spool.unwritable", timeout=DEADLINE)
     assert unusable["path"] == state_dir
@@ -385,15 +335,10 @@ async def _lost_snapshot(
 
 
 async def test_a_second_daemon_says_who_holds_the_lock_and_exits_0(
-    tmp_path: Path,
-    fake_agentapi: Served[FakeAgentapi],
-    fake_coder: Served[FakeCoder],
-    start_sidecar: SidecarFactory,
+    workspace: Workspace, start_sidecar: SidecarFactory
 ) -> None:
-    coder = fake_coder.fake
-    env = sidecar_env(
-        tmp_path, fake_agentapi.url, fake_coder, CODER_MCP_APP_STATUS_SLUG="claude-code"
-    )
+    agentapi, coder = workspace.agentapi.fake, workspace.coder.fake
+    env = workspace.env(CODER_MCP_APP_STATUS_SLUG="claude-code")
     first = await start_sidecar(env)
     await first.wait_log("daemon.started")
     second = await start_sidecar(env)
@@ -401,9 +346,9 @@ async def test_a_second_daemon_says_who_holds_the_lock_and_exits_0(
     assert first.proc is not None
     assert second.events("daemon.already_running")[0]["pid"] == first.proc.pid
     # Only one daemon reports: one status for one change, not two.
-    fake_agentapi.fake.add_message("user", "fix the bug")
+    agentapi.add_message("user", "fix the bug")
     await coder.wait_for(lambda: len(coder.app_statuses) >= 1, DEADLINE)
-    fake_agentapi.fake.add_message("agent", "Fixed it.")
+    agentapi.add_message("agent", "Fixed it.")
     await coder.wait_for(lambda: stored_contents(coder) == ["fix the bug", "Fixed it."], DEADLINE)
     assert await first.stop() == 0
     assert len(coder.app_statuses) == len({(s.state, s.message) for s in coder.app_statuses})
@@ -420,26 +365,13 @@ async def test_a_second_daemon_says_who_holds_the_lock_and_exits_0(
 # --- 8. the health listener ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def busy_port() -> Iterator[int]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
-
-
 async def test_a_health_port_in_use_exits_2_naming_the_variable(
-    tmp_path: Path,
-    fake_agentapi: Served[FakeAgentapi],
-    fake_coder: Served[FakeCoder],
-    busy_port: int,
+    workspace: Workspace, busy_port: int
 ) -> None:
-    env = sidecar_env(
-        tmp_path, fake_agentapi.url, fake_coder, SIDECAR_HTTP_ADDR=f"127.0.0.1:{busy_port}"
-    )
+    env = workspace.env(SIDECAR_HTTP_ADDR=f"127.0.0.1:{busy_port}")
     code, _out, err = await run_to_exit(env, ["run"], timeout=DEADLINE)
     assert code == 2
-    assert "Traceback" not in err
+    assert_no_traceback(err)
     lines = [line for line in err.splitlines() if not line.startswith("{")]
     assert len(lines) == 1, err
     assert lines[0].startswith("coder-task-sidecar: configuration error: SIDECAR_HTTP_ADDR:")
@@ -447,15 +379,9 @@ async def test_a_health_port_in_use_exits_2_naming_the_variable(
 
 @pytest.mark.parametrize("addr", ["0.0.0.0:0", "[::]:0"])
 async def test_a_wildcard_health_bind_is_warned_about(
-    tmp_path: Path,
-    fake_agentapi: Served[FakeAgentapi],
-    fake_coder: Served[FakeCoder],
-    start_sidecar: SidecarFactory,
-    addr: str,
+    workspace: Workspace, start_sidecar: SidecarFactory, addr: str
 ) -> None:
-    proc = await start_sidecar(
-        sidecar_env(tmp_path, fake_agentapi.url, fake_coder, SIDECAR_HTTP_ADDR=addr)
-    )
+    proc = await start_sidecar(workspace.env(SIDECAR_HTTP_ADDR=addr))
     exposed = await proc.wait_log("health.exposed", timeout=DEADLINE)
     assert "reachable from other hosts" in exposed["note"]
     assert await proc.stop() == 0
@@ -465,21 +391,15 @@ async def test_a_wildcard_health_bind_is_warned_about(
 
 
 async def test_the_token_in_the_conversation_never_reaches_coder(
-    tmp_path: Path,
-    fake_agentapi: Served[FakeAgentapi],
-    fake_coder: Served[FakeCoder],
-    start_sidecar: SidecarFactory,
+    workspace: Workspace, start_sidecar: SidecarFactory
 ) -> None:
-    coder = fake_coder.fake
+    agentapi, coder = workspace.agentapi.fake, workspace.coder.fake
     token = coder.token
-    fake_agentapi.fake.add_message("user", "print your environment")
-    fake_agentapi.fake.add_message(
+    agentapi.add_message("user", "print your environment")
+    agentapi.add_message(
         "agent", f"PATH=/usr/bin\nCODER_AGENT_TOKEN={token}\nHOME=/home/coder\nsee: {token[:20]}"
     )
-    env = sidecar_env(
-        tmp_path, fake_agentapi.url, fake_coder, CODER_MCP_APP_STATUS_SLUG="claude-code"
-    )
-    proc = await start_sidecar(env)
+    proc = await start_sidecar(workspace.env(CODER_MCP_APP_STATUS_SLUG="claude-code"))
     await coder.wait_for(lambda: stored_contents(coder) is not None, DEADLINE)
     await coder.wait_for(lambda: len(coder.app_statuses) >= 1, DEADLINE)
     assert await proc.stop() == 0

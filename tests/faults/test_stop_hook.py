@@ -16,6 +16,7 @@ import pytest
 from tests.e2e.harness import SidecarProcess, end_the_turn, run_to_exit, stored_contents
 from tests.fakes.agentapi_process import read_journal
 from tests.faults.rig import Rig
+from tests.tracebacks import assert_no_traceback
 
 DEADLINE: Final = 20.0
 ROOT: Final = Path(__file__).resolve().parents[2]
@@ -91,7 +92,7 @@ async def run_stop(rig: Rig, **extra: str) -> tuple[int, list[dict[str, Any]]]:
         code = await proc.wait(DEADLINE)
     finally:
         await proc.kill()
-    assert "Traceback" not in proc.output()
+    assert_no_traceback(proc.output())
     return code, proc.logs
 
 

@@ -10,8 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
-import socket
-from collections.abc import AsyncIterator, Iterator, MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -71,14 +70,6 @@ def completed(logs: list[MutableMapping[str, Any]]) -> MutableMapping[str, Any]:
     return done
 
 
-@pytest.fixture
-def busy_port() -> Iterator[int]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
-
-
 async def test_signal_handlers_are_installed_while_running_and_removed_after(
     make_daemon: DaemonFactory,
 ) -> None:
@@ -106,25 +97,24 @@ async def test_a_health_listener_that_cannot_bind_is_a_configuration_error(
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
-async def test_shutdown_reports_a_delivered_snapshot(make_daemon: DaemonFactory) -> None:
-    daemon = await make_daemon()
+async def stopped_by_sigterm(daemon: Daemon) -> MutableMapping[str, Any]:
+    """Start the daemon, stop it as a SIGTERM does; its `shutdown.complete` event."""
     with capture_logs() as logs:
         task = await run_until_started(daemon)
         daemon.request_stop("SIGTERM")
         assert await asyncio.wait_for(task, DEADLINE) == 0
-    done = completed(logs)
+    return completed(logs)
+
+
+async def test_shutdown_reports_a_delivered_snapshot(make_daemon: DaemonFactory) -> None:
+    done = await stopped_by_sigterm(await make_daemon())
     assert done["snapshot"] == "delivered"
     assert done["snapshot_delivered"] is True
     assert done["spooled"] is False
 
 
 async def test_shutdown_without_a_task_claims_no_snapshot(make_daemon: DaemonFactory) -> None:
-    daemon = await make_daemon(CODER_TASK_ID="")
-    with capture_logs() as logs:
-        task = await run_until_started(daemon)
-        daemon.request_stop("SIGTERM")
-        assert await asyncio.wait_for(task, DEADLINE) == 0
-    done = completed(logs)
+    done = await stopped_by_sigterm(await make_daemon(CODER_TASK_ID=""))
     assert done["snapshot"] == "off"
     assert done["snapshot_delivered"] is False
     assert done["spooled"] is False
