@@ -196,6 +196,7 @@ class Uploader:
         )
         status = "none" if result.status is None else str(result.status)
         self._metrics.snapshot_posts.labels(result=result.outcome.value, status=status).inc()
+        self._metrics.snapshot_post_duration.observe(result.latency_ms / 1000)
         decision = await self._delivery.record(result, bytes=len(body))
         if decision.step is Step.ACCEPTED:
             self._accepted(body)

@@ -40,7 +40,7 @@ variable "agentapi_module_dir_name" {
 
 variable "agentapi_state_persistence" {
   type        = bool
-  description = "Set to what the agent module's enable_state_persistence is. Only then does agentapi (>= v0.12.0) write $HOME/<agentapi_module_dir_name>/agentapi-state.json, and only then is it worth asking it to (older agentapi dies on the SIGUSR1 that asks)."
+  description = "Set to what the agent module's enable_state_persistence is. Only then does agentapi (>= v0.12.0) write $HOME/<agentapi_module_dir_name>/agentapi-state.json, and only then is it worth asking it to save (older agentapi has no state file and ignores the SIGUSR1 that asks)."
   default     = false
 }
 

@@ -239,6 +239,7 @@ class Relay:
         )
         if decision.step is Step.ACCEPTED:
             self._accepted = report
+            self._metrics.relay_accepted(report.state)
         elif decision.step is Step.REFUSED:
             # The same report would be refused the same way (unknown slug, bad state):
             # wait for a different one.

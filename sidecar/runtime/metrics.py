@@ -2,30 +2,50 @@
 
 from __future__ import annotations
 
-import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from typing import Final
 
+import structlog
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from sidecar import __version__
 from sidecar.coder.outcomes import Outcome
-from sidecar.models import Invalid
+from sidecar.models import AppState, Invalid
 from sidecar.slot import Skip
 
 _RESULTS = ", ".join(outcome.value for outcome in Outcome)
 
 log = structlog.get_logger(__name__)
 
+# A snapshot POST answered from the same host takes milliseconds; one through a proxy to a
+# loaded server, seconds; the client gives up at SIDECAR_HTTP_TIMEOUT.
+POST_DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Closed label sets, created at 0 so a series exists (and a dashboard shows 0, a rate()
+# works) before the first event.
+FRAME_DROP_REASONS: Final = ("too_large",)
+
 
 class Metrics:
     __slots__ = (
         "agentapi_connected",
+        "build_info",
         "events",
         "frames_dropped",
         "invalid",
         "registry",
         "relay_patches",
+        "relay_state",
         "snapshot_bytes",
         "snapshot_last_success",
         "snapshot_pending_age",
         "snapshot_pending_since",
+        "snapshot_post_duration",
         "snapshot_posts",
         "snapshot_skipped",
         "snapshot_tasks_api",
@@ -101,6 +121,41 @@ class Metrics:
         self.spool_writes = Counter(
             "sidecar_spool_writes", "undelivered snapshots written to the spool", registry=r
         )
+        self.snapshot_post_duration = Histogram(
+            "sidecar_snapshot_post_duration_seconds",
+            "time from sending a log-snapshot POST to its answer (or its failure)",
+            buckets=POST_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.relay_state = Gauge(
+            "sidecar_relay_state",
+            "1 for the app state Coder last accepted from the relay, 0 for the others",
+            ["state"],
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "sidecar_build_info",
+            "always 1; the sidecar's version as a label",
+            ["version"],
+            registry=r,
+        )
+        self.build_info.labels(version=__version__).set(1)
+        for skip in Skip:
+            self.snapshot_skipped.labels(reason=skip.value)
+        for reason in FRAME_DROP_REASONS:
+            self.frames_dropped.labels(reason=reason)
+        for outcome in Outcome:
+            self.relay_patches.labels(result=outcome.value)
+        for state in AppState:
+            self.relay_state.labels(state=state.value)
+        # process_start_time_seconds (restart loops), CPU, memory, open fds; python_info.
+        # Instances of their own: the module-level ones belong to the global registry.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+
+    def relay_accepted(self, state: AppState) -> None:
+        for each in AppState:
+            self.relay_state.labels(state=each.value).set(1 if each is state else 0)
 
 
 class InvalidCounter:

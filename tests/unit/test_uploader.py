@@ -306,6 +306,20 @@ async def test_5xx_is_retried_with_the_newest_body(tmp_path: Path) -> None:
 
 
 @on_virtual_clock
+async def test_every_post_is_timed_once(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, interval=5.0)
+    rig.client.script = [result(503, retry_after=0.0), result(204)]
+    rig.put(0, "v1")
+    await asyncio.sleep(6.0)
+    duration = "sidecar_snapshot_post_duration_seconds"
+    assert len(rig.client.posts) == 2
+    assert rig.metric(f"{duration}_count") == 2
+    # What the client measured (1 ms each, as scripted), not the time the loop saw.
+    assert rig.metric(f"{duration}_sum") == pytest.approx(0.002)
+    assert rig.metric(f"{duration}_bucket", le="0.005") == 2
+
+
+@on_virtual_clock
 async def test_failure_spools_the_body(tmp_path: Path) -> None:
     rig = Rig(tmp_path, interval=5.0, retry=RetryPolicy(transient=Backoff(base=60, cap=60)))
     rig.client.script = [result(502)]

@@ -170,6 +170,15 @@ class Harness:
         )
         return value or 0.0
 
+    def states(self) -> dict[str, float | None]:
+        """sidecar_relay_state by state (None: no such series)."""
+        return {
+            state.value: self.metrics.registry.get_sample_value(
+                "sidecar_relay_state", {"state": state.value}
+            )
+            for state in AppState
+        }
+
 
 @contextlib.asynccontextmanager
 async def running(
@@ -412,6 +421,23 @@ async def test_a_rejected_report_is_not_sent_again() -> None:
         h.relay.observe(user(4, "other"))
         await run_until(3601.0)
         assert h.client.reports == [IDLE, working("go"), working("other")]
+
+
+@on_virtual_clock
+async def test_the_state_gauge_follows_what_coder_accepted() -> None:
+    async with running() as h:
+        assert h.states() == {"working": 0, "idle": 0, "complete": 0, "failure": 0}
+        h.client.results(ok(), fail(400, "Invalid state"))
+        feed(h.relay, HISTORY)
+        await run_until(1.0)
+        assert h.states() == {"working": 0, "idle": 1, "complete": 0, "failure": 0}
+        h.relay.observe(user(2, "go"))  # refused: the gauge keeps the accepted state
+        await run_until(2.0)
+        assert h.count("rejected") == 1
+        assert h.states() == {"working": 0, "idle": 1, "complete": 0, "failure": 0}
+        h.relay.observe(user(3, "other"))
+        await run_until(3.0)
+        assert h.states() == {"working": 1, "idle": 0, "complete": 0, "failure": 0}
 
 
 @on_virtual_clock
