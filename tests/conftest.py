@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from datetime import datetime
 from typing import ParamSpec, Protocol, TypeVar
 from uuid import UUID
@@ -34,6 +34,12 @@ class AgentapiFactory(Protocol):
         status: str = ...,
         subscriber_buffer: int = ...,
         now: Callable[[], datetime] = ...,
+        version: str = ...,
+        message0: bool = ...,
+        ready: bool = ...,
+        allowed_hosts: Iterable[str] = ...,
+        send_duration: float | None = ...,
+        sse_write_timeout: float = ...,
     ) -> Awaitable[Served[FakeAgentapi]]: ...
 
 

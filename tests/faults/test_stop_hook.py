@@ -4,85 +4,17 @@ daemon, an agentapi stand-in with a pid file and a state file, and the fake Code
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sys
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import pytest
 
 from tests.e2e.harness import SidecarProcess, end_the_turn, run_to_exit, stored_contents
-from tests.fakes.agentapi_process import read_journal
+from tests.fakes.agentapi_runner import agentapi_process
 from tests.faults.rig import Rig
 from tests.tracebacks import assert_no_traceback
 
 DEADLINE: Final = 20.0
-ROOT: Final = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class AgentapiProcess:
-    proc: asyncio.subprocess.Process
-    pid_file: Path
-    state_file: Path
-    journal: Path
-    url: str
-
-    def entries(self) -> list[dict[str, Any]]:
-        return [e for e in read_journal(self.journal) if e["what"] != "started"]
-
-    def env(self) -> dict[str, str]:
-        return {
-            "CODER_MCP_AI_AGENTAPI_URL": self.url,
-            "AGENTAPI_PID_FILE": str(self.pid_file),
-            "AGENTAPI_STATE_FILE": str(self.state_file),
-        }
-
-
-@contextlib.asynccontextmanager
-async def agentapi_process(
-    tmp_path: Path, *messages: str, ignore_sigterm: bool = False
-) -> AsyncIterator[AgentapiProcess]:
-    home = tmp_path / ".agentapi-module"
-    home.mkdir(exist_ok=True)
-    port_file = home / "port"
-    args = [
-        sys.executable,
-        "-m",
-        "tests.fakes.agentapi_process",
-        "--pid-file",
-        str(home / "agentapi.pid"),
-        "--state-file",
-        str(home / "agentapi-state.json"),
-        "--journal",
-        str(home / "journal"),
-        "--port-file",
-        str(port_file),
-    ]
-    for message in messages:
-        args += ["--message", message]
-    if ignore_sigterm:
-        args.append("--ignore-sigterm")
-    proc = await asyncio.create_subprocess_exec(*args, cwd=ROOT)
-    try:
-        async with asyncio.timeout(DEADLINE):
-            while not port_file.exists():
-                if proc.returncode is not None:
-                    raise AssertionError("the agentapi stand-in exited at start")
-                await asyncio.sleep(0.01)
-        yield AgentapiProcess(
-            proc,
-            home / "agentapi.pid",
-            home / "agentapi-state.json",
-            home / "journal",
-            f"http://127.0.0.1:{port_file.read_text()}",
-        )
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
 
 
 async def run_stop(rig: Rig, **extra: str) -> tuple[int, list[dict[str, Any]]]:
@@ -152,7 +84,8 @@ async def test_without_a_daemon_agentapi_saves_first_then_the_snapshot_then_it_s
         journal = agentapi.entries()
     whats = [(e["what"], e.get("name") or e.get("path")) for e in journal]
     assert whats[:3] == [("signal", "SIGUSR1"), ("saved", None), ("request", "/messages")]
-    assert whats[-3:] == [("signal", "SIGTERM"), ("saved", None), ("exited", None)]
+    # Nothing changed since the SIGUSR1 save: agentapi's final save is skipped.
+    assert whats[-3:] == [("signal", "SIGTERM"), ("save_skipped", None), ("exited", None)]
     assert stored_contents(rig.coder.fake) == ["run the tests", "All green."]
     assert events(logs)[:2] == ["stop.agentapi_saved", "stop.no_daemon"]
     assert events(logs)[-1] == "stop.agentapi_stopped"

@@ -36,8 +36,8 @@ DEADLINE: Final = 15.0
 
 def add_timed_message(fake: FakeAgentapi, role: str, content: str, time: str) -> int:
     """A message with a time string of our choosing. It joins the fake's history, so
-    /messages, the replay on connect and later in-place updates (`update_last`) all carry
-    it, and it is published to the open streams."""
+    /messages and the replay on connect carry it, and it is published to the open
+    streams (an in-place update moves the time unless it is given again)."""
     return fake.add_message(role, content, raw_time=time)
 
 
@@ -73,11 +73,11 @@ async def test_messages_with_times_coder_refuses_are_dropped_not_posted(rig: Rig
     await rig.start_sidecar()
     await wait_valid_truth(rig, refused)
 
-    # Live: an agent reply timed at hour 24, streamed in place (it keeps its time).
+    # Live: an agent reply timed at hour 24, streamed in place (each update timed so).
     async with rig.seen(updates=4):
         refused.add(add_timed_message(fake, "agent", "at hour", HOUR_24))
         for text in ("at hour 24", "at hour 24 the", "at hour 24 the clock"):
-            fake.update_last(text)
+            fake.update_last(text, raw_time=HOUR_24)
     # An agent_error timed on February 30 takes the same check.
     fake.inject_raw(
         b'event: agent_error\ndata: {"message":"boom","level":"error",'

@@ -19,6 +19,7 @@ from tests.fakes import openapi
 from tests.fakes.agentapi import FakeAgentapi
 from tests.fakes.coder import FakeCoder
 from tests.fakes.server import Served, rfc3339, serve
+from tests.streams import Stream, parse_frame, ticking_clock, validate_events
 
 needs_spec = pytest.mark.skipif(
     not openapi.SPEC_AVAILABLE, reason=openapi.SPEC_UNAVAILABLE_REASON or "spec available"
@@ -29,58 +30,6 @@ needs_spec = pytest.mark.skipif(
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
         yield session
-
-
-# --- SSE helpers -------------------------------------------------------------------------
-
-
-class Stream:
-    """Reads the fake's frames (`event: X` / `data: Y` / blank line) off a response."""
-
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self.response = response
-        self.raw = b""
-        self._pending = b""
-
-    async def frames(self, count: int, timeout: float = 5.0) -> list[bytes]:
-        frames: list[bytes] = []
-        async with asyncio.timeout(timeout):
-            while len(frames) < count:
-                if b"\n\n" in self._pending:
-                    frame, self._pending = self._pending.split(b"\n\n", 1)
-                    frames.append(frame)
-                    continue
-                chunk = await self.response.content.readany()
-                if not chunk:
-                    raise EOFError(f"stream ended after {len(frames)} of {count} frames")
-                self.raw += chunk
-                self._pending += chunk
-        return frames
-
-    async def events(self, count: int, timeout: float = 5.0) -> list[tuple[str, Any]]:
-        return [parse_frame(f) for f in await self.frames(count, timeout)]
-
-    async def rest(self, timeout: float = 5.0) -> bytes:
-        """Everything until the server ends the response."""
-        async with asyncio.timeout(timeout):
-            tail = await self.response.content.read()
-        self.raw += tail
-        self._pending += tail
-        return self._pending
-
-
-def parse_frame(frame: bytes) -> tuple[str, Any]:
-    lines = frame.split(b"\n")
-    assert len(lines) == 2, frame
-    assert lines[0].startswith(b"event: "), frame
-    assert lines[1].startswith(b"data: "), frame
-    return lines[0][7:].decode(), json.loads(lines[1][6:])
-
-
-def validate_events(events: list[tuple[str, Any]]) -> None:
-    if openapi.SPEC_AVAILABLE:
-        for name, data in events:
-            openapi.validate_sse_event(name, data)
 
 
 # --- serve / RunningServer -------------------------------------------------------------
@@ -197,26 +146,37 @@ async def test_agentapi_post_message_rules(
 ) -> None:
     fake = fake_agentapi.fake
     url = fake_agentapi.url + "/message"
+
+    async def send_error(content: str) -> str:
+        async with http.post(url, json={"type": "user", "content": content}) as r:
+            assert r.status == 500
+            assert r.content_type == "application/problem+json"
+            body = await r.json()
+        # huma's answer to a plain Go error: the error itself is in errors[0]
+        assert body["detail"] == "unexpected error occurred"
+        (error,) = body["errors"]
+        assert set(error) == {"message"}
+        return str(error["message"])
+
     async with http.post(url, json={"type": "raw", "content": "\x03"}) as r:
         assert (r.status, await r.json()) == (
             200,
             {"$schema": fake_agentapi.url + "/schemas/MessageResponseBody.json", "ok": True},
         )
     assert not fake.messages
-    async with http.post(url, json={"type": "user", "content": " padded "}) as r:
-        assert r.status == 500
-        assert r.content_type == "application/problem+json"
+    assert await send_error(" \t\n") == "failed to send message: message must not be empty"
     async with http.post(url, json={"type": "user", "content": "go", "extra": 1}) as r:
         assert r.status == 422
     async with http.post(url, data=b"{not json") as r:
         assert r.status == 422
-    async with http.post(url, json={"type": "user", "content": "go"}) as r:
+    # agentapi trims the message before it sends it
+    async with http.post(url, json={"type": "user", "content": " padded\n"}) as r:
         assert r.status == 200
-    assert [(m.role, m.content) for m in fake.messages] == [("user", "go")]
+    assert [(m.role, m.content) for m in fake.messages] == [("user", "padded")]
     assert fake.status == "running"
-    async with http.post(url, json={"type": "user", "content": "more"}) as r:
-        assert r.status == 500
-        assert "waiting for user input" in (await r.json())["detail"]
+    assert await send_error("more") == (
+        "failed to send message: message can only be sent when the agent is waiting for user input"
+    )
 
 
 async def test_agentapi_knobs_and_counters(
@@ -247,8 +207,9 @@ async def test_agentapi_knobs_and_counters(
 
 
 async def test_events_replay_order_and_frame_format(
-    fake_agentapi: Served[FakeAgentapi], http: aiohttp.ClientSession
+    make_fake_agentapi: AgentapiFactory, http: aiohttp.ClientSession
 ) -> None:
+    fake_agentapi = await make_fake_agentapi(now=ticking_clock())
     fake = fake_agentapi.fake
     fake.add_message("agent", "Welcome")
     fake.add_message("user", 'say "hi"\nplease')
@@ -287,7 +248,8 @@ async def test_events_replay_order_and_frame_format(
         ("status_change", None, "stable"),
         ("agent_error", None, None),
     ]
-    assert live[0][1]["time"] == events[1][1]["time"]  # updated in place: same id and time
+    # updated in place: the same id, and a terminal update moves the time
+    assert live[0][1]["time"] > events[1][1]["time"]
     # compact JSON, no id:, no comments / keepalives
     assert b"id:" not in stream.raw
     assert b"\n:" not in stream.raw
@@ -401,7 +363,7 @@ async def test_state_file_format_and_atomic_write(tmp_path: Path) -> None:
     assert set(state) == {"version", "messages", "initial_prompt", "initial_prompt_sent"}
     assert state["version"] == 1
     assert state["initial_prompt"] == ""
-    assert state["initial_prompt_sent"] is True
+    assert state["initial_prompt_sent"] is False  # no initial prompt was ever sent
     assert state["messages"][0] == {
         "id": 0,
         "message": "hello",

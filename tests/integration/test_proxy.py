@@ -174,7 +174,9 @@ async def test_agentapi_is_never_proxied(
     tmp_path: Path,
     agentapi_host: str,
 ) -> None:
-    agentapi: Served[FakeAgentapi] = await make_fake_agentapi()
+    # Any Host, as the registry's module starts agentapi (AGENTAPI_ALLOWED_HOSTS="*"):
+    # agentapi's default would refuse agentapi.test with a 400.
+    agentapi: Served[FakeAgentapi] = await make_fake_agentapi(allowed_hosts=("*",))
     agentapi.fake.add_message("user", "Fix the tests")
     settings = settings_for(
         fake_coder,
