@@ -6,18 +6,21 @@ Every line says where the workspace stands and, when something is wrong, what to
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Final, TextIO
 
 from sidecar.agentapi.client import AgentapiError
 from sidecar.coder.client import CoderClient, Result
 from sidecar.coder.outcomes import Outcome, Sink, words
-from sidecar.coder.session import describe_proxy, make_session
+from sidecar.coder.session import describe_proxy, make_session, url_problems
 from sidecar.models import AgentStatus, AppState
 from sidecar.pipeline import Clients
 from sidecar.runtime.lock import running_daemon
 from sidecar.settings import Settings
 from sidecar.spool import writable_problem
+
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +29,13 @@ class Probe:
     ok: bool | None  # None: nothing to check, or only information
     detail: str
     fix: str = ""  # what to do, when it failed
+    warn: bool = False  # information that needs attention (not a failure)
+
+
+def printable(text: str) -> str:
+    """`text` with every control character (C0, DEL, C1; line breaks and ESC among them)
+    written as an escape, so that it stays on its line and cannot drive the terminal."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def _describe(result: Result) -> str:
@@ -52,6 +62,10 @@ async def run_check(settings: Settings, out: TextIO) -> int:
             Probe("coder version", None, version or "unknown (GET /api/v2/buildinfo failed)")
         )
         probes.append(Probe("proxy for coder", None, describe_proxy(settings) or "none"))
+        probes.extend(
+            Probe("coder url", None, note, warn=True)
+            for _event, note in url_problems(settings.coder_agent_url)
+        )
         probes.append(_verdict("coder token", Sink.TOKEN, await coder.probe_token()))
         probes.append(await _probe_snapshots(settings, coder, version))
         probes.append(await _probe_relay(settings, coder, agent_status))
@@ -70,15 +84,28 @@ async def _probe_agentapi(clients: Clients, probes: list[Probe]) -> AgentStatus 
         extra = f", {len(invalid)} invalid" if invalid else ""
         probes.append(Probe("agentapi", True, f"status {status}, {len(messages)} messages{extra}"))
     except AgentapiError as exc:
-        probes.append(
-            Probe(
-                "agentapi",
-                False,
-                str(exc),
-                "is agentapi running? CODER_MCP_AI_AGENTAPI_URL must be its address",
-            )
-        )
+        probes.append(_agentapi_trouble(exc))
     return status
+
+
+def _agentapi_trouble(exc: AgentapiError) -> Probe:
+    if exc.busy:
+        # agentapi answers /status and /messages only once a send has let go of its lock.
+        return Probe("agentapi", None, f"busy (a message is being sent): {exc}")
+    if exc.host_refused:
+        return Probe(
+            "agentapi",
+            False,
+            str(exc),
+            "CODER_MCP_AI_AGENTAPI_URL must name a host agentapi allows (by default "
+            "localhost, 127.0.0.1 or ::1; agentapi's --allowed-hosts adds others)",
+        )
+    return Probe(
+        "agentapi",
+        False,
+        str(exc),
+        "is agentapi running? CODER_MCP_AI_AGENTAPI_URL must be its address",
+    )
 
 
 async def _probe_snapshots(settings: Settings, coder: CoderClient, version: str | None) -> Probe:
@@ -108,7 +135,7 @@ async def _probe_relay(
     if slug is None:
         return Probe(name, None, "off: CODER_MCP_APP_STATUS_SLUG is not set")
     if agent_status is None:
-        return Probe(name, None, "not probed: agentapi is unreachable")
+        return Probe(name, None, "not probed: agentapi's status is not known")
     # Coder validates the slug only by accepting a report, so the probe sends the agent's
     # true current state: what the relay would report anyway.
     state = AppState.WORKING if agent_status is AgentStatus.RUNNING else AppState.IDLE
@@ -172,8 +199,10 @@ def _report(settings: Settings, probes: list[Probe], out: TextIO) -> None:
     print("probes", file=out)
     marks = {True: "ok  ", False: "FAIL", None: "--  "}
     for probe in probes:
-        print(f"  [{marks[probe.ok]}] {probe.name}: {probe.detail}", file=out)
+        mark = "WARN" if probe.warn else marks[probe.ok]
+        # What a server said is shown, never obeyed: no escape sequence or forged line.
+        print(f"  [{mark}] {probe.name}: {printable(probe.detail)}", file=out)
         if probe.ok is False and probe.fix:
-            print(f"         → {probe.fix}", file=out)
+            print(f"         → {printable(probe.fix)}", file=out)
     failed = sum(p.ok is False for p in probes)
     print(f"result: {'ok' if not failed else f'{failed} probe(s) failed'}", file=out)

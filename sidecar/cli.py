@@ -6,7 +6,6 @@ neither the HTTP stack nor the settings model, and the stop grace period is shor
 
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import sys
@@ -14,9 +13,12 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
 from sidecar import __version__
+from sidecar.runtime.signals import ignore_stray
 from sidecar.variables import ConfigError
 
 if TYPE_CHECKING:
+    import argparse
+
     from sidecar.settings import Settings
 
 # The contract: 0 done, 1 a command failed, 2 the configuration is wrong.
@@ -25,7 +27,14 @@ EXIT_INTERRUPTED: Final = 130  # the shell's convention for a process ended by S
 COMMANDS: Final = ("run", "snapshot", "check", "stop")
 
 
+def _command_of(arguments: list[str]) -> str:
+    command: str | None = _parser().parse_args(arguments).command
+    return command or "run"
+
+
 def _parser() -> argparse.ArgumentParser:
+    import argparse  # here: the stop hook's own path never parses
+
     parser = argparse.ArgumentParser(
         prog="coder-task-sidecar",
         description="Keeps a Coder task's log snapshot and app status current from agentapi. "
@@ -47,10 +56,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    command: str = args.command or "run"
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    # The stop hook runs inside the workspace's stop grace period: argparse's import is
+    # spared it.
+    command = "stop" if arguments == ["stop"] else _command_of(arguments)
+    ignore_stray()
     try:
         code = _run(command)
+    except BrokenPipeError:
+        # The reader of stdout went away (`check | head`): nothing more is said.
+        code = 1
     except ConfigError as exc:
         print(f"coder-task-sidecar: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -58,10 +73,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Ctrl-C before the command's own handlers were in place (or after they were
         # gone): nothing was underway that a traceback would explain.
         return EXIT_INTERRUPTED
+    _quiet_stdout()
     # The work is done: spare the interpreter's teardown a walk over every object the
     # imports made (~80 ms), which a service manager would count as stop time.
     gc.freeze()
     return code
+
+
+def _quiet_stdout() -> None:
+    """A stdout whose reader went away would fail again at the interpreter's exit, with
+    a traceback: point it at /dev/null instead."""
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _run(command: str) -> int:

@@ -22,6 +22,7 @@ from sidecar.variables import (
     LogFormat,
     LogLevel,
     get,
+    go_bool,
     state_dir_from,
 )
 
@@ -36,6 +37,7 @@ class StopConfig(NamedTuple):
     state_dir: Path
     agentapi_pid_file: Path | None
     agentapi_state_file: Path | None
+    agentapi_save_state: bool
     shutdown_timeout: float
     log_level: LogLevel
     log_format: LogFormat
@@ -56,10 +58,16 @@ def load_stop_config(env: Mapping[str, str]) -> StopConfig:
         state_dir=state_dir_from(path("SIDECAR_STATE_DIR"), path("XDG_STATE_HOME"), path("HOME")),
         agentapi_pid_file=path("AGENTAPI_PID_FILE"),
         agentapi_state_file=path("AGENTAPI_STATE_FILE"),
+        agentapi_save_state=save_state(get(env, "AGENTAPI_SAVE_STATE")),
         shutdown_timeout=timeout,
         log_level=log_level(get(env, LOG_LEVEL.name)),
         log_format=log_format(get(env, LOG_FORMAT.name)),
     )
+
+
+def save_state(raw: str | None) -> bool:
+    """AGENTAPI_SAVE_STATE, agentapi's own flag: true unless it says false."""
+    return True if raw is None else go_bool("AGENTAPI_SAVE_STATE", raw)
 
 
 def log_level(raw: str | None) -> LogLevel:

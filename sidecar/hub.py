@@ -26,9 +26,9 @@ from sidecar.models import (
 
 log = structlog.get_logger(__name__)
 
-# What the sidecar holds is stamped when it handled it (or spooled it), which on a busy
-# machine is later than agentapi produced it, and so can be later than a state file
-# agentapi saved just after. Only a file older by more than this counts as older.
+# What the sidecar holds is stamped when it handled it, which on a busy machine is later
+# than agentapi produced it, and so can be later than a state file agentapi saved just
+# after. Only a file older by more than this counts as older.
 RECEIPT_LAG_S = 1.0
 
 
@@ -51,13 +51,15 @@ class Hub:
     mirror: Mirror
     uploader: SnapshotSink | None
     relay: StatusSink | None
-    wall_clock: Callable[[], float] = time.time
+    clock: Callable[[], float] = time.monotonic
     reachable: bool = False
     first_contact: asyncio.Event = field(default_factory=asyncio.Event)
-    # Wall time at which the conversation held was current: the last live event, or the
-    # spool's write at the last stop.
-    held_at: float = 0.0
-    # What the spool kept, standing in for the conversation until agentapi has one.
+    # When (on the monotonic clock, which no step of the wall clock bends) the stream
+    # last spoke of the conversation; None before it has.
+    live_at: float | None = None
+    # What was kept at the last stop (the spool, or the record of what Coder accepted),
+    # standing in for the conversation until agentapi has one: a state file that adds
+    # nothing to it is no newer, whatever the file times say.
     recovered: tuple[Message, ...] = ()
     statefile_backlog: StateFileRead | None = None
     # The service manager's one-line status (sd_notify STATUS=), when there is one.
@@ -71,7 +73,7 @@ class Hub:
         # Whatever the state file said before this is older than what agentapi says now.
         self.statefile_backlog = None
         if not self.mirror.empty:
-            self.held_at = self.wall_clock()
+            self.live_at = self.clock()
 
     def _apply(self, event: Event) -> None:
         before = self.mirror.status
@@ -122,7 +124,8 @@ class Hub:
             # Also a file saved mid-turn and read late: applying it would only cut words.
             log.info("statefile.stale", note="adds nothing to the conversation held; ignored")
             return
-        if read.mtime < self.held_at - RECEIPT_LAG_S:
+        written = self.clock() - read.age
+        if self.live_at is not None and written < self.live_at - RECEIPT_LAG_S:
             log.info("statefile.stale", note="older than the conversation held; ignored")
             return
         self._apply(read.conversation)

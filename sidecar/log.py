@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, Final, TextIO
 
 import structlog
@@ -55,6 +55,34 @@ def _redact_processor(
     return event_dict
 
 
+class LineWriter:
+    """structlog's logger: one line to `stream` per event. A line that cannot be written
+    (EPIPE: the reader of stderr went away, as Coder's agent does with a script's output
+    after 10 s) is dropped, and so is every later one: logging must never stop the
+    delivery it reports on."""
+
+    __slots__ = ("_broken", "_stream")
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._broken = False
+
+    @property
+    def broken(self) -> bool:
+        return self._broken
+
+    def msg(self, message: str) -> None:
+        if self._broken:
+            return
+        try:
+            self._stream.write(message + "\n")
+            self._stream.flush()
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            self._broken = True
+
+    log = debug = info = warn = warning = error = err = critical = fatal = exception = msg
+
+
 def configure(level: str = "info", fmt: LogFormat = "auto", stream: TextIO | None = None) -> None:
     out = stream if stream is not None else sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
@@ -75,6 +103,13 @@ def configure(level: str = "info", fmt: LogFormat = "auto", stream: TextIO | Non
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=_factory(LineWriter(out)),
         cache_logger_on_first_use=False,
     )
+
+
+def _factory(writer: LineWriter) -> Callable[..., LineWriter]:
+    def make(*_args: Any) -> LineWriter:
+        return writer
+
+    return make

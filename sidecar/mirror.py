@@ -1,8 +1,9 @@
 """The conversation mirror: the newest messages and the agent status, nothing more.
 
 Pure: it applies events and reports what changed. It holds at most `max_messages`
-messages, also while a replay of a huge history streams through it, so memory stays
-bounded by what a snapshot can carry.
+messages, also while a replay of a huge history streams through it, and of each message
+at most the tail a snapshot can carry, so memory stays bounded by what a snapshot can
+carry whatever agentapi sends.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sidecar.models import (
     MessageUpdate,
     ReplayStarted,
     StatusChange,
+    tail_of,
 )
 
 
@@ -65,6 +67,7 @@ class _Window:
         self.by_id: dict[int, Message] = {}
 
     def put(self, msg: Message) -> bool:
+        msg = tail_of(msg)
         by_id = self.by_id
         old = by_id.get(msg.id)
         if old is not None:

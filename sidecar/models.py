@@ -86,6 +86,9 @@ class Message(NamedTuple):
     role: Role
     content: str
     time: str
+    # Characters cut from the start of `content`, of which only the tail is kept (the
+    # mirror keeps no more of a message than a snapshot can carry).
+    cut: int = 0
 
     def as_json_obj(self) -> dict[str, Any]:
         return {"id": self.id, "content": self.content, "role": self.role, "time": self.time}
@@ -134,11 +137,12 @@ class Conversation:
 
 @dataclass(frozen=True, slots=True)
 class StateFileRead:
-    """agentapi's state file as read: its conversation, and its mtime (wall-clock seconds),
-    which says how current that conversation was."""
+    """agentapi's state file as read: its conversation, and how long before the read it
+    was written (seconds, by its mtime), which says how current that conversation was.
+    An age, not a time: the reader places it on its own monotonic clock."""
 
     conversation: Conversation
-    mtime: float
+    age: float
 
 
 Event: TypeAlias = ReplayStarted | MessageUpdate | StatusChange | AgentError | Conversation
@@ -338,3 +342,14 @@ class AppState(enum.StrEnum):
 
 APP_STATUS_MESSAGE_MAX_BYTES: Final = 160
 SNAPSHOT_MAX_BYTES: Final = 65_536
+# No snapshot carries more of a message than this many characters (each is one byte at
+# least): what is before them may be cut, counted in `Message.cut`.
+CONTENT_MAX_CHARS: Final = SNAPSHOT_MAX_BYTES
+
+
+def tail_of(message: Message) -> Message:
+    """`message` with no more than CONTENT_MAX_CHARS of its content, the newest kept."""
+    extra = len(message.content) - CONTENT_MAX_CHARS
+    if extra <= 0:
+        return message
+    return message._replace(content=message.content[extra:], cut=message.cut + extra)

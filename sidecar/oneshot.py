@@ -8,7 +8,9 @@ the daemon's next start, never lost to a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+from collections.abc import Callable
 
 import aiohttp
 import structlog
@@ -23,15 +25,24 @@ from sidecar.runtime.metrics import InvalidCounter, Metrics
 from sidecar.runtime.signals import stop_signals
 from sidecar.settings import Settings
 from sidecar.slot import FlushOutcome
-from sidecar.spool import Spool
+from sidecar.spool import open_spool
 from sidecar.uploader import Uploader
 
 log = structlog.get_logger(__name__)
 
 
-async def snapshot_once(settings: Settings) -> int:
+async def snapshot_once(
+    settings: Settings,
+    *,
+    wait_for_save: Callable[[], None] | None = None,
+    interruptible: bool = True,
+) -> int:
     """0 when the server holds the newest conversation (or there is nothing to deliver);
-    1 otherwise, with the body kept in the spool for the daemon's next start."""
+    1 otherwise, with the body kept in the spool for the daemon's next start.
+    `wait_for_save` (blocking; from `stop`) waits for the state file agentapi was asked to
+    rewrite: called only when agentapi does not answer and that file is the source.
+    `interruptible`: a stop signal ends the attempt early (False: `stop`, which holds
+    those signals itself and finishes its bounded steps)."""
     if settings.coder_task_id is None:
         # The same template serves workspaces that are not tasks: nothing to do there.
         log.info("oneshot.skipped", reason="CODER_TASK_ID is not set: this workspace is no task")
@@ -40,13 +51,15 @@ async def snapshot_once(settings: Settings) -> int:
         metrics = Metrics()
         uploader, mirror, agentapi = _uploader(settings, session, metrics)
         invalid = InvalidCounter(metrics.invalid)
-        work = asyncio.create_task(_read_and_post(settings, agentapi, uploader, mirror, invalid))
+        work = asyncio.create_task(
+            _read_and_post(settings, agentapi, uploader, mirror, invalid, wait_for_save)
+        )
 
         def interrupted(signame: str) -> None:
             log.warning("oneshot.interrupted", signal=signame)
             work.cancel()
 
-        with stop_signals(interrupted):
+        with stop_signals(interrupted) if interruptible else contextlib.nullcontext():
             try:
                 outcome = await work
             except asyncio.CancelledError:
@@ -66,7 +79,9 @@ def _uploader(
     assert settings.coder_task_id is not None
     clients = Clients.from_settings(settings, session)
     assert clients.agentapi is not None
-    spool = Spool(settings.state_dir, settings.coder_task_id, on_write=metrics.spool_writes.inc)
+    spool, kept = open_spool(
+        settings.state_dir, settings.coder_task_id, on_write=metrics.spool_writes.inc
+    )
     # The conversation is read once, by hand: no stream, and no statuses to relay.
     pipeline = build_pipeline(
         dataclasses.replace(clients, agentapi=None),
@@ -74,7 +89,7 @@ def _uploader(
         dataclasses.replace(Options.from_settings(settings), slug=None),
         metrics=metrics,
         spool=spool,
-        recovered=spool.load(),
+        kept=kept,
     )
     assert pipeline.uploader is not None
     return pipeline.uploader, pipeline.mirror, clients.agentapi
@@ -86,6 +101,7 @@ async def _read_and_post(
     uploader: Uploader,
     mirror: Mirror,
     invalid: InvalidCounter,
+    wait_for_save: Callable[[], None] | None,
 ) -> FlushOutcome:
     try:
         messages, bad = await agentapi.messages()
@@ -94,8 +110,18 @@ async def _read_and_post(
         mirror.apply(Conversation(tuple(messages), None))
         log.info("oneshot.read", origin="agentapi", messages=len(messages))
     except AgentapiError as exc:
-        log.warning("oneshot.agentapi_unreachable", error=str(exc))
+        if exc.host_refused:
+            log.error(
+                "oneshot.agentapi_refused",
+                error=str(exc),
+                hint="CODER_MCP_AI_AGENTAPI_URL must name a host agentapi allows (localhost, "
+                "127.0.0.1, ::1, or one in its --allowed-hosts)",
+            )
+        else:
+            log.warning("oneshot.agentapi_unreachable", error=str(exc), busy=exc.busy)
         if settings.agentapi_state_file is not None:
+            if wait_for_save is not None:
+                await asyncio.to_thread(wait_for_save)
             source = StateFileSource(
                 path=settings.agentapi_state_file, on_read=lambda _r: None, invalid=invalid
             )

@@ -31,7 +31,7 @@ from sidecar.relay.delivery import IDLE_SETTLE_S, Relay, StatusClient
 from sidecar.relay.policy import RelayPolicy
 from sidecar.runtime.metrics import Metrics
 from sidecar.settings import Settings
-from sidecar.spool import Spool, Spooled
+from sidecar.spool import NOTHING_KEPT, Kept, Spool
 from sidecar.uploader import SnapshotClient, Uploader
 from sidecar.variables import (
     AGENTAPI_PROBE_INTERVAL,
@@ -143,7 +143,7 @@ def build_pipeline(
     *,
     metrics: Metrics,
     spool: Spool | None = None,
-    recovered: Spooled | None = None,
+    kept: Kept = NOTHING_KEPT,
     status_text: Callable[[str], object] | None = None,
     tuning: Tuning = Tuning(),
 ) -> Pipeline:
@@ -157,7 +157,7 @@ def build_pipeline(
             metrics=metrics,
             interval=options.interval,
             spool=spool,
-            recovered=recovered,
+            kept=kept,
             max_bytes=options.max_bytes,
             retry=tuning.upload_retry,
             clock=clocks.monotonic,
@@ -177,15 +177,13 @@ def build_pipeline(
             idle_settle=tuning.relay_idle_settle,
             clock=clocks.monotonic,
         )
+    held = kept.held
     hub = Hub(
         mirror=mirror,
         uploader=uploader,
         relay=relay,
-        wall_clock=clocks.wall,
-        # A body spooled at the last stop is as new as its file: a state file that is
-        # older, or adds nothing to it, must not replace it.
-        held_at=recovered.written_at if recovered is not None else 0.0,
-        recovered=recovered.messages if recovered is not None else (),
+        clock=clocks.monotonic,
+        recovered=held.messages if held is not None else (),
     )
     if status_text is not None:
         hub.status_text = status_text

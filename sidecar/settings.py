@@ -22,7 +22,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from sidecar.addr import parse_http_addr
 from sidecar.coder.proxy import SUPPORTED_SCHEMES, ProxyConfig, parse_proxy
 from sidecar.coder.token import TokenError, check_token, read_token_file
-from sidecar.config import log_format, log_level
+from sidecar.config import log_format, log_level, save_state
 from sidecar.models import AppState
 from sidecar.variables import (
     AGENTAPI_PROBE_INTERVAL,
@@ -54,7 +54,7 @@ def _checked(read: Callable[[str], object], value: Any) -> Any:
     if not isinstance(value, str):
         return value
     try:
-        return read(value)
+        return read(value.strip())
     except ConfigError as exc:
         raise ValueError(exc.problem) from None
 
@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     coder_mcp_ai_agentapi_url: str = "http://localhost:3284"
     agentapi_state_file: Path | None = None
     agentapi_pid_file: Path | None = None
+    agentapi_save_state: bool = True
 
     sidecar_snapshot_interval: Annotated[float, _bounded(SNAPSHOT_INTERVAL)] = (
         SNAPSHOT_INTERVAL.default
@@ -175,6 +176,11 @@ class Settings(BaseSettings):
     @classmethod
     def _log_level(cls, value: Any) -> Any:
         return _checked(log_level, value)
+
+    @field_validator("agentapi_save_state", mode="before")
+    @classmethod
+    def _save_state(cls, value: Any) -> Any:
+        return _checked(save_state, value)
 
     @field_validator("sidecar_log_format", mode="before")
     @classmethod

@@ -1,10 +1,10 @@
 """The snapshot slot: what the uploader knows of the newest conversation and the server.
 
 Pure: no I/O, no clock (times are handed in, on the monotonic clock). It holds the body the
-server accepted last, the one it refused, the one recovered from the spool, whether the
-server has a Tasks API at all, whether a change waits to be sent, and since when the server
-has lacked the newest words. From that it says why a body needs no POST (`Skip`) and what a
-stop achieved (`FlushOutcome`). The uploader (sidecar.uploader) runs it on the shared loop.
+server accepted last, the one it refused, whether the server has a Tasks API at all,
+whether a change waits to be sent, and since when the server has lacked the newest words.
+From that it says why a body needs no POST (`Skip`) and what a stop achieved
+(`FlushOutcome`). The uploader (sidecar.uploader) runs it on the shared loop.
 
 A leaf besides: the `stop` hook reads `FlushOutcome` to tell what a daemon's final
 snapshot became, and imports nothing beyond the standard library.
@@ -56,17 +56,18 @@ class SnapshotSlot:
         "dirty",
         "no_tasks_api",
         "pending_since",
-        "recovered",
         "refused",
         "urgent",
     )
 
-    def __init__(self, recovered: bytes | None = None, *, now: float = 0.0) -> None:
-        self.accepted: bytes | None = None
+    def __init__(
+        self, *, pending: bool = False, accepted: bytes | None = None, now: float = 0.0
+    ) -> None:
+        """`pending`: the spool kept a body the server lacks (delivered unless something
+        newer is first); `accepted`: the body Coder accepted last (a record kept across
+        starts)."""
+        self.accepted = accepted
         self.refused: bytes | None = None
-        # A body recovered from the spool stands for the conversation until the mirror
-        # holds one: delivered unless something newer is first.
-        self.recovered = recovered
         self.no_tasks_api = False
         self.dirty = False
         self.urgent = False
@@ -75,7 +76,7 @@ class SnapshotSlot:
         # for longer than a post takes.
         self.pending_since: float | None = None
         self._changed_since_send: float | None = None
-        if recovered is not None:
+        if pending:
             self.changed(now)
 
     def changed(self, now: float, *, urgent: bool = False) -> None:
@@ -130,7 +131,6 @@ class SnapshotSlot:
         first = not self.no_tasks_api
         self.no_tasks_api = True
         self.pending_since = None
-        self.recovered = None
         self.dirty = True  # asked again, with the newest body, once the hour is over
         return first
 

@@ -94,15 +94,19 @@ def build(
 
 
 def _fit_newest(message: Message, max_bytes: int) -> bytes:
-    """`message` alone does not fit: keep the longest tail of its content that does."""
+    """`message` alone does not fit: keep the longest tail of its content that does. Its
+    content may be a tail already (`message.cut` characters before it are gone): the
+    marker counts those too."""
     content = message.content
     total = len(content)
+    already = message.cut
 
     def body(keep: int) -> bytes:
         tail = content[total - keep :]
-        cut = message._replace(content=marker(total - keep) + tail)
+        cut = message._replace(content=marker(already + total - keep) + tail, cut=0)
         return _PREFIX + _encode_one(cut) + _SUFFIX
 
+    digits = len(str(already + total))  # the most the marker's count can shrink by
     best = body(0)
     if len(best) > max_bytes:
         raise ValueError(
@@ -116,11 +120,11 @@ def _fit_newest(message: Message, max_bytes: int) -> bytes:
     room = max_bytes - len(best)
     base = len(best)
     lo = min(total, room // 6)
-    hi = min(total, room + len(str(total)))
+    hi = min(total, room + digits)
     if lo:
         best = body(lo)
         # Each further code point costs at least a byte (less a marker digit).
-        hi = min(hi, lo + max_bytes - len(best) + len(str(total)))
+        hi = min(hi, lo + max_bytes - len(best) + digits)
     # Search with a guess from the density measured so far (terminal text is nearly
     # uniform, so it usually lands within a few code points), falling back to halving
     # whenever the guess would not shrink the range enough.
@@ -138,7 +142,7 @@ def _fit_newest(message: Message, max_bytes: int) -> bytes:
         if len(candidate) <= max_bytes:
             lo, best = mid, candidate
             # Each further code point costs at least a byte (less a marker digit).
-            hi = min(hi, lo + max_bytes - len(best) + len(str(total)))
+            hi = min(hi, lo + max_bytes - len(best) + digits)
         else:
             hi = mid - 1
             guessing = not guessing  # after a miss, one halving step

@@ -1,10 +1,17 @@
-"""An on-disk slot for the one snapshot body that could not be delivered.
+"""What the state directory keeps of a task's conversation: two slots of one body each.
 
-One file per task (`<task>.json`), replaced atomically: a crash at any point leaves either
-the old body or the new one, never a torn file. A file that does not parse is moved aside
-rather than deleted, so a person can still look at it.
+* `<task>.json`, the spool: the newest body that could not be delivered, delivered on the
+  next start unless something newer is accepted first.
+* `<task>.accepted.json`, the record of the body Coder accepted last: what the server
+  holds, so that a later start (with agentapi's conversation begun again, or the same one
+  replayed) neither posts less over it nor posts it again, and can continue it.
 
-The spool knows what its file holds, so the uploader only says what it wants kept
+Each file is replaced atomically (sidecar.statedir): a crash leaves the old body or the
+new one. A file that does not parse is moved aside rather than deleted, so a person can
+still look at it; one that is not ours (a symlink, a FIFO, another user's, too large) is
+refused and never read.
+
+The spool knows what its files hold, so the uploader only says what it wants kept
 (`keep`), what the server now holds (`delivered`) and what has nowhere to go (`drop`); the
 rule that no older words may outlive newer ones on disk is kept here.
 """
@@ -23,6 +30,7 @@ from uuid import UUID
 
 import structlog
 
+from sidecar import statedir
 from sidecar.models import Invalid, Message, validate_message
 
 log = structlog.get_logger(__name__)
@@ -34,31 +42,102 @@ _TEMP_SUFFIX: Final = ".tmp"
 class Spooled(NamedTuple):
     body: bytes
     messages: tuple[Message, ...]
-    written_at: float  # the file's mtime: the conversation was current then
+
+
+class Kept(NamedTuple):
+    """What a start finds of the task's conversation in the state directory."""
+
+    pending: Spooled | None  # undelivered: delivered unless something newer is first
+    accepted: Spooled | None  # what Coder holds
+
+    @property
+    def held(self) -> Spooled | None:
+        """The newest body built before this start (the snapshot to continue)."""
+        return self.pending or self.accepted
+
+
+NOTHING_KEPT: Final = Kept(None, None)
 
 
 class Spool:
-    __slots__ = ("_dir", "_holds", "_on_write", "_path")
+    __slots__ = ("_accepted", "_dir", "_holds", "_on_write", "_path", "_recorded")
 
     def __init__(
         self, directory: Path, task_id: UUID, *, on_write: Callable[[], object] = lambda: None
     ) -> None:
         self._dir = directory
         self._path = directory / f"{task_id}.json"
-        self._on_write = on_write  # counts writes (sidecar_spool_writes_total)
+        self._accepted = directory / f"{task_id}.accepted.json"
+        self._on_write = on_write  # counts writes of the spool (sidecar_spool_writes_total)
         self._holds: bytes | None = None
+        self._recorded: bytes | None = None
 
     @property
     def path(self) -> Path:
         return self._path
 
     @property
+    def accepted_path(self) -> Path:
+        return self._accepted
+
+    @property
     def holds(self) -> bytes | None:
-        """The body the file holds, as far as this process knows (loaded or written)."""
+        """The body the spool holds, as far as this process knows (loaded or written)."""
         return self._holds
 
+    # --- start ----------------------------------------------------------------------------
+
+    def recover(self) -> Kept:
+        """The spool and the record at a start. A spooled body that Coder holds already
+        (its removal failed once the server took it) is not pending."""
+        accepted = self.load_accepted()
+        pending = self.load()
+        if pending is not None and accepted is not None and pending.body == accepted.body:
+            self.delivered(pending.body)
+            pending = None
+        return Kept(pending, accepted)
+
+    def load(self) -> Spooled | None:
+        """The spooled body, or None. Never raises for a bad file: it is set aside."""
+        loaded = self._read(self._path, "spool")
+        if loaded is not None:
+            self._holds = loaded.body
+        return loaded
+
+    def load_accepted(self) -> Spooled | None:
+        """The body Coder accepted last, as recorded; None when there is no record."""
+        loaded = self._read(self._accepted, "accepted record")
+        if loaded is not None:
+            self._recorded = loaded.body
+        return loaded
+
+    def _read(self, path: Path, what: str) -> Spooled | None:
+        try:
+            body = statedir.read_owned(path)
+        except statedir.Unsafe as exc:
+            log.error("spool.refused", path=str(path), what=what, problem=str(exc))
+            return None
+        except OSError as exc:
+            log.warning("spool.unreadable", path=str(path), error=exc.strerror)
+            return None
+        if body is None:
+            return None
+        parsed = _parse(body)
+        if not isinstance(parsed, str):
+            return Spooled(body, parsed)
+        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        try:
+            os.replace(path, aside)
+        except OSError as exc:
+            log.warning("spool.corrupt", path=str(path), problem=parsed, error=exc.strerror)
+        else:
+            log.warning("spool.corrupt", path=str(path), problem=parsed, moved_to=str(aside))
+        return None
+
+    # --- while running --------------------------------------------------------------------
+
     def keep(self, body: bytes) -> bool:
-        """Have the file hold `body`; True when it does. When it cannot, an older body is
+        """Have the spool hold `body`; True when it does. When it cannot, an older body is
         removed: left there, the next start would deliver it over newer words."""
         if body == self._holds:
             return True
@@ -72,8 +151,11 @@ class Spool:
         return False
 
     def delivered(self, body: bytes) -> None:
-        """The server holds `body`: the file is not needed. One that cannot be removed is
-        overwritten with `body`, so that no later start delivers older words over it."""
+        """The server holds `body`: it is recorded, and the spool is not needed. A spool
+        that cannot be removed is overwritten with `body`, so that no later start delivers
+        older words over it."""
+        if body != self._recorded and self._write(self._accepted, body, "accepted record"):
+            self._recorded = body
         if self._holds is None:
             return
         self._holds = None
@@ -86,51 +168,23 @@ class Spool:
             self._holds = None
             self.clear(reason=reason)
 
-    def load(self) -> Spooled | None:
-        """The spooled body, or None. Never raises for a bad file: it is set aside."""
-        try:
-            with self._path.open("rb") as handle:
-                written_at = os.fstat(handle.fileno()).st_mtime
-                body = handle.read()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            log.warning("spool.unreadable", path=str(self._path), error=exc.strerror)
-            return None
-        parsed = _parse(body)
-        if not isinstance(parsed, str):
-            self._holds = body
-            return Spooled(body, parsed, written_at)
-        problem = parsed
-        aside = self._path.with_name(f"{self._path.name}.corrupt-{int(time.time())}")
-        try:
-            os.replace(self._path, aside)
-        except OSError as exc:
-            log.warning("spool.corrupt", path=str(self._path), problem=problem, error=exc.strerror)
-        else:
-            log.warning("spool.corrupt", path=str(self._path), problem=problem, moved_to=str(aside))
-        return None
-
     def save(self, body: bytes) -> bool:
-        """Write atomically: temp file, fsync, rename, fsync the directory."""
-        try:
-            self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(body)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, self._path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            _fsync_dir(self._dir)
-        except OSError as exc:
-            log.error("spool.write_failed", path=str(self._path), error=exc.strerror)
+        """Write the spool atomically; True when it holds `body`."""
+        if not self._write(self._path, body, "spool"):
             return False
         log.info("spool.written", path=str(self._path), bytes=len(body))
+        return True
+
+    def _write(self, path: Path, body: bytes, what: str) -> bool:
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            statedir.write(path, body, temp_prefix=_TEMP_PREFIX)
+        except statedir.Unsafe as exc:
+            log.error("spool.refused", path=str(path), what=what, problem=str(exc))
+            return False
+        except OSError as exc:
+            log.error("spool.write_failed", path=str(path), what=what, error=exc.strerror)
+            return False
         return True
 
     def writable_problem(self) -> str | None:
@@ -148,7 +202,7 @@ class Spool:
                         log.info("spool.temp_removed", path=str(tmp))
 
     def clear(self, *, reason: str | None = None) -> bool:
-        """Remove the file: its body was delivered, or (with `reason`) it is dropped.
+        """Remove the spool: its body was delivered, or (with `reason`) it is dropped.
         False when a file is still there."""
         try:
             self._path.unlink()
@@ -157,7 +211,7 @@ class Spool:
         except OSError as exc:
             log.warning("spool.clear_failed", path=str(self._path), error=exc.strerror)
             return False
-        _fsync_dir(self._dir)
+        statedir.fsync_directory(self._dir)
         if reason is None:
             log.info("spool.cleared", path=str(self._path))
         else:
@@ -166,13 +220,16 @@ class Spool:
 
 
 def writable_problem(directory: Path) -> str | None:
-    """Why no body could be kept in `directory` (None when one could), found by creating
-    and removing a file there."""
+    """Why no body could be kept in `directory` (None when one could): a directory that
+    is not the sidecar's to use, or one where no file can be created."""
     try:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        statedir.check_directory(directory)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX)
         os.close(fd)
         os.unlink(tmp)
+    except statedir.Unsafe as exc:
+        return str(exc)
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
@@ -182,7 +239,7 @@ def _parse(body: bytes) -> tuple[Message, ...] | str:
     """The body's messages, or what is wrong with it."""
     try:
         obj = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return "not JSON"
     if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list):
         return "not a snapshot body"
@@ -198,10 +255,49 @@ def _parse(body: bytes) -> tuple[Message, ...] | str:
     return tuple(messages)
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def state_dir_refused(directory: Path) -> bool:
+    """A state directory of another user's, or one others may write to, is not used at
+    all: what is read there would be posted as the task's log, and its lock names a pid
+    that `stop` signals. Creates the directory when it is missing."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        statedir.check_directory(directory)
+    except statedir.Unsafe as exc:
+        log_unsafe(directory, exc)
+        return True
+    except OSError:
+        return False  # unusable rather than unsafe: the lock and the spool say so
+    return False
+
+
+def log_unsafe(directory: Path, exc: statedir.Unsafe) -> None:
+    log.error(
+        "state_dir.unsafe",
+        path=str(directory),
+        problem=str(exc),
+        hint="SIDECAR_STATE_DIR must be a directory of this user that no other user can "
+        "write to; until it is, nothing is kept there, read from it, or locked in it",
+    )
+
+
+def open_spool(
+    directory: Path, task_id: UUID, *, on_write: Callable[[], object] = lambda: None
+) -> tuple[Spool | None, Kept]:
+    """The task's spool and what a start finds in it; no spool in a refused directory."""
+    if state_dir_refused(directory):
+        return None, NOTHING_KEPT
+    spool = Spool(directory, task_id, on_write=on_write)
+    problem = spool.writable_problem()
+    if problem is not None:
+        log.error(
+            "spool.unwritable",
+            path=str(directory),
+            error=problem,
+            hint="set SIDECAR_STATE_DIR to a writable directory: a snapshot that cannot be "
+            "delivered at stop would be lost",
+        )
+    spool.remove_stale_temps()
+    kept = spool.recover()
+    if kept.pending is not None:
+        log.info("spool.recovered", path=str(spool.path), bytes=len(kept.pending.body))
+    return spool, kept

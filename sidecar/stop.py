@@ -1,11 +1,20 @@
-"""`stop`: the template's `run_on_stop` hook, in three steps, each bounded in time.
+"""`stop`: the template's `run_on_stop` hook. Its steps run side by side where they can,
+each bounded in time:
 
-1. agentapi saves its state file: SIGUSR1 (agentapi writes that file only then and at a
-   graceful exit), then wait until the file has been rewritten.
-2. The daemon that holds the newest conversation flushes it: SIGTERM, then wait for it
-   to exit and read what became of its final snapshot from its lock file. Without a
-   daemon, read agentapi, else the state file, else the spool, and post as `snapshot`.
-3. agentapi is stopped: SIGTERM, then wait for it to exit.
+1. agentapi is asked to save its state file (SIGUSR1; agentapi ≥ v0.12 writes that file
+   only then and at a graceful exit, and skips the write when nothing changed), and,
+   without waiting for it,
+2. the daemon that holds the newest conversation flushes it: SIGTERM, then wait for it to
+   exit and read what became of its final snapshot from its lock file. Without a daemon,
+   read agentapi and post as `snapshot`; only when agentapi does not answer, and its state
+   file is the snapshot's source, is the SIGUSR1 rewrite waited for.
+3. agentapi is stopped: SIGTERM, once (its handler stops listening after the first: a
+   second one would kill it mid-save), then wait for it to exit, its own final save
+   included.
+
+SIGTERM, SIGHUP and SIGUSR1 arriving meanwhile (a supervisor, `timeout`, a script aimed at
+another pid) do not cut the hook short: it finishes its bounded steps, so agentapi is
+never left running, and says that the signal came.
 
 With a daemon running, nothing beyond the standard library is imported (not even
 structlog, whose import costs as much as the rest of the hook): it runs inside the
@@ -15,19 +24,20 @@ not a terminal), so one reader serves both.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import select
 import signal
 import sys
 import time
-from collections.abc import Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from types import FrameType
 from typing import Any, Final, TextIO
 
+from sidecar import statedir
 from sidecar.config import StopConfig, load_stop_config
 from sidecar.runtime.lock import read_record, running_daemon
+from sidecar.runtime.processes import alive, send, wait_gone
 from sidecar.slot import FlushOutcome
 from sidecar.variables import LogFormat, LogLevel
 
@@ -35,8 +45,13 @@ from sidecar.variables import LogFormat, LogLevel
 STATE_SAVE_WAIT_S: Final = 3.0
 # Beyond its own shutdown budget, the daemon needs a moment to exit.
 DAEMON_EXIT_MARGIN_S: Final = 5.0
+# agentapi's graceful exit: its final save, then up to 5 s for the agent to close and 5 s
+# for its HTTP server to shut down. The wait grows with the configured shutdown budget.
 AGENTAPI_EXIT_WAIT_S: Final = 5.0
 _POLL_S: Final = 0.005
+_PID_FILE_MAX_BYTES: Final = 64
+# Signals that must not end the hook half way (SIGINT stays the person's own).
+_HELD_SIGNALS: Final = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 
 
 def stop(env: Mapping[str, str]) -> int:
@@ -44,18 +59,18 @@ def stop(env: Mapping[str, str]) -> int:
     not be (it is spooled, or lost). Raises ConfigError."""
     config = load_stop_config(env)
     log.configure(config.log_level, config.log_format)
-    agentapi = _agentapi(config.agentapi_pid_file)
-    try:
-        if agentapi is not None and config.agentapi_state_file is not None:
-            _save_state(agentapi, config.agentapi_state_file)
-        daemon = running_daemon(config.state_dir)
-        if daemon is not None:
-            return _stop_daemon(daemon, config)
-        log.info("stop.no_daemon", state_dir=str(config.state_dir), note="posting the snapshot")
-        return _snapshot(env)
-    finally:
-        if agentapi is not None:
-            _stop_agentapi(agentapi)
+    with _held_signals():
+        agentapi = _agentapi(config.agentapi_pid_file)
+        save = _ask_to_save(agentapi, config)
+        try:
+            daemon = _daemon(config.state_dir)
+            if daemon is not None:
+                return _stop_daemon(daemon, config)
+            log.info("stop.no_daemon", state_dir=str(config.state_dir), note="posting the snapshot")
+            return _snapshot(env, save.wait if save is not None else None)
+        finally:
+            if agentapi is not None:
+                _stop_agentapi(agentapi, save, config.shutdown_timeout)
 
 
 # --- agentapi -----------------------------------------------------------------------------
@@ -66,11 +81,16 @@ def _agentapi(pid_file: Path | None) -> int | None:
     if pid_file is None:
         return None
     try:
-        pid = int(pid_file.read_text(encoding="utf-8").strip())
+        raw = statedir.read_owned(pid_file, limit=_PID_FILE_MAX_BYTES)
+        pid = int((raw or b"").decode("ascii").strip())
+    except statedir.Unsafe as exc:
+        # A pid named by a file that is not ours is not ours to signal.
+        log.warning("stop.agentapi_pid_file_refused", pid_file=str(pid_file), problem=str(exc))
+        return None
     except (OSError, ValueError, UnicodeDecodeError):
         log.info("stop.agentapi_not_running", pid_file=str(pid_file), reason="no usable pid file")
         return None
-    if pid <= 1 or not _alive(pid):
+    if pid <= 1 or not alive(pid):
         log.info("stop.agentapi_not_running", pid_file=str(pid_file), pid=pid)
         return None
     # A stale pid file may name a process that took the pid over: never signal it.
@@ -84,39 +104,74 @@ def _agentapi(pid_file: Path | None) -> int | None:
     return pid
 
 
-def _save_state(pid: int, state_file: Path) -> None:
-    before = _stamp(state_file)
-    started = time.monotonic()
-    if not _signal(pid, signal.SIGUSR1, "agentapi"):
-        return
-    deadline = started + STATE_SAVE_WAIT_S
-    while time.monotonic() < deadline:
-        if _stamp(state_file) not in (before, None):
-            log.info(
-                "stop.agentapi_saved",
-                state_file=str(state_file),
-                ms=round((time.monotonic() - started) * 1000, 1),
-            )
+class _SaveRequest:
+    """SIGUSR1 sent at `asked`; the state file as it stood before."""
+
+    __slots__ = ("_asked", "_before", "_path", "_reported")
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._before = _stamp(path)
+        self._asked = time.monotonic()
+        self._reported = False
+
+    @property
+    def rewritten(self) -> bool:
+        return _stamp(self._path) not in (self._before, None)
+
+    def wait(self) -> None:
+        """Wait (within the bound since SIGUSR1) for the rewrite: the state file is the
+        snapshot's source. agentapi skips a save when nothing changed since its last one,
+        so the file as it is may be all there is."""
+        deadline = self._asked + STATE_SAVE_WAIT_S
+        while not self.rewritten and time.monotonic() < deadline:
+            time.sleep(_POLL_S)
+        self.report()
+
+    def report(self) -> None:
+        if self._reported:
             return
-        time.sleep(_POLL_S)
-    log.warning(
-        "stop.agentapi_save_timeout",
-        state_file=str(state_file),
-        waited_s=STATE_SAVE_WAIT_S,
-        note="agentapi did not rewrite its state file (older than v0.12.0?)",
-    )
+        self._reported = True
+        ms = round((time.monotonic() - self._asked) * 1000, 1)
+        if self.rewritten:
+            log.info("stop.agentapi_saved", state_file=str(self._path), ms=ms)
+        else:
+            log.info(
+                "stop.agentapi_save_skipped",
+                state_file=str(self._path),
+                ms=ms,
+                note="agentapi did not rewrite its state file (nothing changed since its "
+                "last save, or it is older than v0.12.0)",
+            )
 
 
-def _stop_agentapi(pid: int) -> None:
+def _ask_to_save(agentapi: int | None, config: StopConfig) -> _SaveRequest | None:
+    if agentapi is None or config.agentapi_state_file is None:
+        return None
+    if not config.agentapi_save_state:
+        log.info("stop.agentapi_save_off", note="AGENTAPI_SAVE_STATE is false")
+        return None
+    request = _SaveRequest(config.agentapi_state_file)
+    if not _signal(agentapi, signal.SIGUSR1, "agentapi"):
+        return None
+    return request
+
+
+def _stop_agentapi(pid: int, save: _SaveRequest | None, budget: float) -> None:
     if not _signal(pid, signal.SIGTERM, "agentapi"):
         return
-    if _wait_gone(pid, AGENTAPI_EXIT_WAIT_S):
+    wait = max(AGENTAPI_EXIT_WAIT_S, budget + 2)
+    if wait_gone(pid, wait):
         log.info("stop.agentapi_stopped", pid=pid)
+        if save is not None:
+            save.report()
     else:
-        log.warning("stop.agentapi_still_running", pid=pid, waited_s=AGENTAPI_EXIT_WAIT_S)
+        log.warning("stop.agentapi_still_running", pid=pid, waited_s=wait)
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
+    """The state file's identity: agentapi replaces it by rename (its `<file>.tmp` is
+    never looked at), so a rewrite changes the inode or the mtime."""
     try:
         st = path.stat()
     except OSError:
@@ -127,12 +182,25 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 # --- the daemon ---------------------------------------------------------------------------
 
 
+def _daemon(state_dir: Path) -> int | None:
+    """The daemon holding the state directory's lock, if the directory is ours to trust
+    (another user's lock file could name any pid)."""
+    try:
+        statedir.check_directory(state_dir)
+    except FileNotFoundError:
+        return None
+    except (statedir.Unsafe, OSError) as exc:
+        log.error("stop.state_dir_refused", state_dir=str(state_dir), problem=str(exc))
+        return None
+    return running_daemon(state_dir)
+
+
 def _stop_daemon(pid: int, config: StopConfig) -> int:
     started = time.monotonic()
     if not _signal(pid, signal.SIGTERM, "daemon"):
         return 1
     wait = config.shutdown_timeout + DAEMON_EXIT_MARGIN_S
-    if not _wait_gone(pid, wait):
+    if not wait_gone(pid, wait):
         log.error("stop.daemon_still_running", pid=pid, waited_s=wait)
         return 1
     record: dict[str, Any] = read_record(config.state_dir)
@@ -149,7 +217,7 @@ def _stop_daemon(pid: int, config: StopConfig) -> int:
         return 1
 
 
-def _snapshot(env: Mapping[str, str]) -> int:
+def _snapshot(env: Mapping[str, str], wait_for_save: Callable[[], None] | None) -> int:
     # Only here does the hook need the HTTP stack and the full settings.
     import asyncio
 
@@ -159,62 +227,44 @@ def _snapshot(env: Mapping[str, str]) -> int:
 
     settings = load_settings(env)
     configure(settings.sidecar_log_level.value, settings.sidecar_log_format)
-    return asyncio.run(snapshot_once(settings))
+    return asyncio.run(snapshot_once(settings, wait_for_save=wait_for_save, interruptible=False))
 
 
 # --- processes ----------------------------------------------------------------------------
 
 
 def _signal(pid: int, sig: signal.Signals, what: str) -> bool:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
+    problem = send(pid, sig)
+    if problem == "gone":
         log.info(f"stop.{what}_gone", pid=pid)
-        return False
-    except OSError as exc:
-        log.error(f"stop.{what}_not_signalled", pid=pid, signal=sig.name, error=exc.strerror)
-        return False
-    return True
+    elif problem is not None:
+        log.error(f"stop.{what}_not_signalled", pid=pid, signal=sig.name, error=problem)
+    return problem is None
 
 
-def _alive(pid: int) -> bool:
+@contextlib.contextmanager
+def _held_signals() -> Iterator[None]:
+    def note(signum: int, _frame: FrameType | None) -> None:
+        log.warning(
+            "stop.signal_held",
+            signal=signal.Signals(signum).name,
+            note="finishing the stop first, so that agentapi is not left running",
+        )
+
+    previous = {sig: signal.signal(sig, note) for sig in _HELD_SIGNALS}
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    """Wait until `pid` (not our child) has exited; False after `timeout` seconds."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    except (OSError, AttributeError):
-        fd = None  # an old kernel: ask every few milliseconds instead
-    if fd is not None:
-        try:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            return bool(poller.poll(max(0, int(timeout * 1000))))
-        finally:
-            os.close(fd)
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(_POLL_S)
-    return True
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # --- its log ------------------------------------------------------------------------------
 
 
 class _Log:
-    """One line per step, shaped like the daemon's structlog lines."""
+    """One line per step, shaped like the daemon's structlog lines. A line that cannot be
+    written (the reader of stderr went away) is dropped: it must not stop the hook."""
 
     _LEVELS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
@@ -239,13 +289,15 @@ class _Log:
     def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
         if self._LEVELS[level] < self._threshold:
             return
-        stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
         if self._json:
             line = json.dumps({"event": event, "level": level, "timestamp": stamp, **fields})
         else:
             pairs = " ".join(f"{key}={value!r}" for key, value in fields.items())
             line = f"{stamp} [{level:<8}] {event:<30} {pairs}".rstrip()
-        print(line, file=self._out, flush=True)
+        with contextlib.suppress(OSError, ValueError):
+            print(line, file=self._out, flush=True)
 
 
 log = _Log()

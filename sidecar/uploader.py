@@ -31,12 +31,13 @@ from sidecar.coder.client import Result
 from sidecar.coder.delivery import Decision, Delivery, SlotLoop
 from sidecar.coder.outcomes import NO_TASKS_API_HINT, Sink, Step, no_tasks_api
 from sidecar.coder.retry import RetryPolicy
+from sidecar.history import History
 from sidecar.log import remove_secrets
 from sidecar.mirror import Mirror
 from sidecar.models import SNAPSHOT_MAX_BYTES
 from sidecar.runtime.metrics import Metrics
 from sidecar.slot import FlushOutcome, Skip, SnapshotSlot
-from sidecar.spool import Spool, Spooled
+from sidecar.spool import NOTHING_KEPT, Kept, Spool
 
 __all__ = ["FIRST_POST_SPREAD", "SnapshotClient", "Uploader"]
 
@@ -67,6 +68,7 @@ class Uploader:
         "_clock",
         "_delivery",
         "_first_due",
+        "_history",
         "_interval",
         "_loop",
         "_max_bytes",
@@ -88,7 +90,7 @@ class Uploader:
         metrics: Metrics,
         interval: float,
         spool: Spool | None = None,
-        recovered: Spooled | None = None,
+        kept: Kept = NOTHING_KEPT,
         max_bytes: int = SNAPSHOT_MAX_BYTES,
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -113,7 +115,15 @@ class Uploader:
         spread = FIRST_POST_SPREAD * interval
         self._first_due = clock() + (rng or random.Random()).uniform(0.0, spread)
         self._body_cache: tuple[int, bytes | None] = (-1, None)
-        self._slot = SnapshotSlot(recovered.body if recovered is not None else None, now=clock())
+        # What this task's snapshot showed when it was last built: the spooled body
+        # (undelivered, so newer) or the one Coder accepted last.
+        held = kept.held
+        self._history = History(mirror.max_messages, held.messages if held else ())
+        self._slot = SnapshotSlot(
+            pending=kept.pending is not None,
+            accepted=kept.accepted.body if kept.accepted is not None else None,
+            now=clock(),
+        )
         self._published: float | None = None
         self._publish_pending()
 
@@ -148,19 +158,20 @@ class Uploader:
         return self._slot.no_tasks_api
 
     def current_body(self) -> bytes | None:
-        """The body that stands for the newest conversation known."""
-        messages = self._mirror.messages()
+        """The body that stands for the newest conversation known: agentapi's, joined to
+        what was said before agentapi last started again (sidecar.history)."""
         version, body = self._body_cache
-        if not messages:
-            # agentapi restarted empty or is gone: the last conversation built, else what
-            # the spool kept, is still the best there is.
-            return body if body is not None else self._slot.recovered
         if version != self._mirror.version:
-            body = snapshot.build(
-                messages,
-                max_messages=self._mirror.max_messages,
-                max_bytes=self._max_bytes,
-                clean=remove_secrets,
+            messages = self._history.view(self._mirror.messages())
+            body = (
+                snapshot.build(
+                    messages,
+                    max_messages=self._mirror.max_messages,
+                    max_bytes=self._max_bytes,
+                    clean=remove_secrets,
+                )
+                if messages
+                else None
             )
             self._body_cache = (self._mirror.version, body)
         return body

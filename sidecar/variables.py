@@ -121,6 +121,7 @@ VARIABLES: Final[tuple[Seconds | Count | Variable, ...]] = (
     Variable("CODER_MCP_AI_AGENTAPI_URL"),
     Variable("AGENTAPI_STATE_FILE"),
     Variable("AGENTAPI_PID_FILE"),
+    Variable("AGENTAPI_SAVE_STATE"),
     SNAPSHOT_INTERVAL,
     SNAPSHOT_MAX_MESSAGES,
     SNAPSHOT_MAX_BYTES,
@@ -155,6 +156,20 @@ BY_FIELD: Final[Mapping[str, Seconds | Count | Variable]] = {
 def field_name(var: Seconds | Count | Variable) -> str:
     """The Settings field that holds `var`."""
     return var.name.lower()
+
+
+_GO_TRUE: Final = frozenset(("1", "t", "T", "TRUE", "true", "True"))
+_GO_FALSE: Final = frozenset(("0", "f", "F", "FALSE", "false", "False"))
+
+
+def go_bool(name: str, raw: str) -> bool:
+    """A boolean as Go's strconv.ParseBool reads it (agentapi's own variables are read
+    that way), or ConfigError."""
+    if raw in _GO_TRUE:
+        return True
+    if raw in _GO_FALSE:
+        return False
+    raise ConfigError(name, "must be true or false (Go's spellings: 1, t, true, 0, f, false)")
 
 
 def get(env: Mapping[str, str], name: str) -> str | None:

@@ -81,6 +81,7 @@ class AgentapiSource:
         "_downs",
         "_first_frame_timeout",
         "_frames_too_large",
+        "_host_refused_logged",
         "_invalid",
         "_listener",
         "_max_frame",
@@ -126,6 +127,7 @@ class AgentapiSource:
         # ended by a stream that speaks.
         self._downs = 0
         self._frames_too_large = metrics.frames_dropped.labels(reason="too_large")
+        self._host_refused_logged = False
 
     def _set_reachable(self, reachable: bool) -> None:
         if reachable == self._reachable:
@@ -156,7 +158,8 @@ class AgentapiSource:
             if mode is Mode.POLL:
                 if outcome is StreamEnd.MISSING:
                     log.warning("agentapi.events_missing", fallback="polling")
-                await self._poll(until=self._clock() + self._stream_retry)
+                hung = outcome is StreamEnd.STALLED
+                await self._poll(until=self._clock() + self._stream_retry, hung=hung)
                 continue
             attempt = self._downs if outcome is StreamEnd.DOWN else failures
             await asyncio.sleep(self._backoff.delay(max(attempt - 1, 0)))
@@ -170,15 +173,17 @@ class AgentapiSource:
                 conn = Connection()
                 reader = asyncio.create_task(self._read(chunks, conn))
                 prober = asyncio.create_task(self._probe(conn))
+                reconciler = asyncio.create_task(self._reconcile(conn))
                 try:
                     await asyncio.wait((reader, prober), return_when=asyncio.FIRST_COMPLETED)
                 finally:
-                    for task in (reader, prober):
+                    for task in (reader, prober, reconciler):
                         task.cancel()
-                    await asyncio.gather(reader, prober, return_exceptions=True)
+                    await asyncio.gather(reader, prober, reconciler, return_exceptions=True)
         except AgentapiError as exc:
             if exc.status == 404:
                 return StreamEnd.MISSING
+            self._refused(exc)
             if exc.stalled:
                 # It accepted the connection: whether it answers at all, polling tells.
                 log.warning(
@@ -269,9 +274,11 @@ class AgentapiSource:
         self._downs = 0
 
     async def _probe(self, conn: Connection) -> StreamEnd:
-        """Returns ENDED when agentapi stopped answering /status (a hung agentapi keeps its
-        socket open, so EOF alone would never tell), STALLED when /status contradicts
-        the stream and the stream stays silent."""
+        """Returns ENDED when agentapi stopped answering /status (refused or failed, twice:
+        a hung agentapi keeps its socket open, so EOF alone would never tell), STALLED
+        when /status contradicts the stream and the stream stays silent. A /status that
+        does not answer in time is agentapi busy with a send, not gone: its stream says
+        it lives."""
         misses = 0
         doubt: int | None = None  # chunks read when /status first contradicted the stream
         while True:
@@ -279,6 +286,9 @@ class AgentapiSource:
             try:
                 status = await self._client.status()
             except AgentapiError as exc:
+                if exc.busy:
+                    self._busy(conn)
+                    continue
                 misses += 1
                 log.debug("agentapi.probe_failed", error=str(exc), misses=misses)
                 if misses >= _PROBE_FAILURES_BEFORE_DEAD:
@@ -286,6 +296,7 @@ class AgentapiSource:
                     return StreamEnd.ENDED
                 continue
             misses = 0
+            conn.busy = False
             if not conn.spoke:
                 continue  # the first-frame deadline rules until then
             if status == conn.status:
@@ -304,13 +315,57 @@ class AgentapiSource:
                 )
                 return StreamEnd.STALLED
 
+    def _busy(self, conn: Connection) -> None:
+        if not conn.busy:
+            conn.busy = True
+            log.info(
+                "agentapi.busy",
+                note="/status waits on a message being sent; the stream says agentapi lives",
+            )
+
+    async def _reconcile(self, conn: Connection) -> None:
+        """After each turn, read /messages once: agentapi never announces a removal (a
+        failed ACP prompt drops its placeholder reply), only /messages or a replay shows
+        it. What is read stands in for the stream's view only if the stream said nothing
+        meanwhile (else it may be older than what the stream said)."""
+        while True:
+            await conn.turn_ended.wait()
+            conn.turn_ended.clear()
+            chunks = conn.chunks
+            try:
+                messages, invalid = await self._client.messages()
+            except AgentapiError as exc:
+                log.debug("agentapi.reconcile_failed", error=str(exc))
+                continue
+            if conn.chunks != chunks:
+                continue
+            for item in invalid:
+                self._invalid(item, origin="messages")
+            self._listener.on_event(Conversation(tuple(messages), None))
+
+    def _refused(self, exc: AgentapiError) -> None:
+        """A Host that agentapi refuses will be refused again: say it once, clearly."""
+        if exc.host_refused and not self._host_refused_logged:
+            self._host_refused_logged = True
+            log.error(
+                "agentapi.host_refused",
+                url=self._client.base_url,
+                error=str(exc),
+                hint="agentapi accepts only its --allowed-hosts (by default localhost, "
+                "127.0.0.1 and ::1): point CODER_MCP_AI_AGENTAPI_URL at one of them, or "
+                "start agentapi with --allowed-hosts naming this host",
+            )
+
     # --- polling ----------------------------------------------------------------------------
 
-    async def _poll(self, *, until: float) -> None:
+    async def _poll(self, *, until: float, hung: bool = False) -> None:
         """/status every interval; /messages only on a status change or while the agent
-        works (the only times the conversation moves)."""
+        works (the only times the conversation moves). A request that gets no answer in
+        time is agentapi busy with a send, unless its stream hung too (`hung`: a send
+        never holds up the stream's replay): then agentapi is taken for unreachable."""
         last_status = None
         polls = 0
+        poll = Connection()  # for the busy spells of polling
         while self._clock() < until:
             polls += 1
             try:
@@ -325,8 +380,14 @@ class AgentapiSource:
                     self._set_reachable(True)
                     self._listener.on_event(Conversation(tuple(messages), status))
                 last_status = status
+                poll.busy = False
             except AgentapiError as exc:
-                last_status = None
                 log.debug("agentapi.poll_failed", error=str(exc))
-                self._set_reachable(False)
+                if exc.busy and not hung:
+                    # A send holds agentapi's lock: it is there, only slow to answer.
+                    self._busy(poll)
+                else:
+                    last_status = None
+                    self._refused(exc)
+                    self._set_reachable(False)
             await asyncio.sleep(self._poll_interval)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Final
 
 import structlog
 
@@ -19,6 +21,10 @@ log = structlog.get_logger(__name__)
 
 # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+# agentapi writes the whole conversation there; the mirror needs its newest messages, and
+# no more of each than a snapshot can carry. A file larger than this is not read (the
+# stream and /messages remain): reading it whole could cost the workspace gigabytes.
+STATE_FILE_MAX_BYTES: Final = 32 * 1024 * 1024
 
 
 class StateFileSource:
@@ -85,8 +91,14 @@ class StateFileSource:
             stamp = (st.st_ino, st.st_mtime_ns)
             if only_if_changed and stamp == self._last_stamp:
                 return None
+            if st.st_size > STATE_FILE_MAX_BYTES:
+                self._log_too_large(st.st_size)
+                return None
             with os.fdopen(os.dup(fd), "rb") as handle:
-                body = handle.read()
+                body = handle.read(STATE_FILE_MAX_BYTES + 1)
+            if len(body) > STATE_FILE_MAX_BYTES:
+                self._log_too_large(len(body))
+                return None
         except OSError as exc:
             log.warning("statefile.unreadable", path=str(self._path), error=exc.strerror)
             return None
@@ -103,7 +115,17 @@ class StateFileSource:
             return None
         self._last_stamp = stamp
         messages, invalid = parsed
-        return StateFileRead(Conversation(tuple(messages), None), st.st_mtime), invalid
+        age = max(0.0, time.time() - st.st_mtime)
+        return StateFileRead(Conversation(tuple(messages), None), age), invalid
+
+    def _log_too_large(self, size: int) -> None:
+        log.warning(
+            "statefile.too_large",
+            path=str(self._path),
+            bytes=size,
+            limit=STATE_FILE_MAX_BYTES,
+            note="not read; the conversation still comes from the stream and /messages",
+        )
 
     def _log_not_regular(self) -> None:
         # A FIFO or a device would block a reader or never end: it is never read.

@@ -8,6 +8,7 @@ stream's `Connection` what the prober compares against (the status it last deliv
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from typing import Final, Protocol
 
@@ -35,14 +36,19 @@ class StreamEnd(enum.Enum):
 
 
 class Connection:
-    """What one open stream has said, shared by its reader and its prober."""
+    """What one open stream has said, shared by its reader, its prober and its
+    reconciler."""
 
-    __slots__ = ("chunks", "spoke", "status")
+    __slots__ = ("busy", "chunks", "spoke", "status", "turn_ended")
 
     def __init__(self) -> None:
         self.spoke = False  # a first frame arrived: agentapi is there
         self.status: AgentStatus | None = None  # the status the stream last delivered
         self.chunks = 0  # chunks read so far: anything the stream says moves it
+        self.busy = False  # /status is held by a send (logged once a spell)
+        # The stream went from running to stable: what agentapi removed without a word
+        # (a failed ACP prompt's placeholder) shows only in /messages.
+        self.turn_ended = asyncio.Event()
 
 
 class Listener(Protocol):
@@ -93,5 +99,7 @@ def _note_status(frames: list[SSEEvent], conn: Connection) -> None:
         if frame.event == "status_change":
             event = parse_sse_event(frame.event, frame.data)
             if isinstance(event, StatusChange):
+                if conn.status is AgentStatus.RUNNING and event.status is AgentStatus.STABLE:
+                    conn.turn_ended.set()
                 conn.status = event.status
                 return

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
+from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 import aiohttp
@@ -27,6 +28,7 @@ log = structlog.get_logger(__name__)
 
 TOKEN_HEADER: Final = "Coder-Session-Token"  # noqa: S105 (a header name)
 _DETAIL_MAX: Final = 300
+ANSWER_MAX_BYTES: Final = 64 * 1024
 _VERSION_MAX: Final = 64
 
 
@@ -52,10 +54,11 @@ class Result:
 
 def _error_fields(body: bytes) -> tuple[str | None, str]:
     """Coder errors are {"message", "detail"}: the message alone, and both joined for a
-    log line (the raw text when the body is something else)."""
+    log line (the raw text when the body is something else: nested too deep to parse, a
+    page, a truncated answer)."""
     try:
         obj = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         obj = None
     if isinstance(obj, dict):
         message = obj.get("message") if isinstance(obj.get("message"), str) else None
@@ -78,7 +81,9 @@ class CoderClient:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._session = session
-        self._base = base_url.rstrip("/")
+        # The API's paths are absolute: resolved against CODER_AGENT_URL as Coder's own
+        # agent resolves them (codersdk), they replace whatever path it has.
+        self._base = origin(base_url)
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._wall_clock = wall_clock
@@ -142,7 +147,8 @@ class CoderClient:
         client_timeout = self._timeout
         if timeout is not None and timeout < (client_timeout.total or float("inf")):
             client_timeout = aiohttp.ClientTimeout(total=max(timeout, 0.001))
-        headers = {"Accept": "application/json"}
+        # identity: a compressed answer could unpack to far more than the bound on it.
+        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
         if authenticated:
             headers[TOKEN_HEADER] = self._token.value()
         if body is not None:
@@ -158,7 +164,7 @@ class CoderClient:
                 timeout=client_timeout,
                 allow_redirects=False,
             ) as resp:
-                payload = await resp.read()
+                payload = await _read_bounded(resp)
                 status = resp.status
                 retry_after_header = resp.headers.get("Retry-After")
                 location = resp.headers.get("Location")
@@ -170,7 +176,7 @@ class CoderClient:
             status, expect=expect, message=message, json_body=success and _is_object(payload)
         )
         if outcome is Outcome.NOT_CODER:
-            detail = f"HTTP {status} {resp.content_type or 'without a content type'}"
+            detail = resp.content_type or "no content type"
         return Result(
             outcome=outcome,
             status=status,
@@ -180,6 +186,26 @@ class CoderClient:
             location=location if outcome is Outcome.REDIRECT else None,
             body=payload,
         )
+
+
+def origin(url: str) -> str:
+    """`scheme://host[:port]` of `url`."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:
+    """At most ANSWER_MAX_BYTES of the answer: Coder's own are small (an error, a version,
+    an accepted status); the rest of a larger one is never read."""
+    parts: list[bytes] = []
+    size = 0
+    while size < ANSWER_MAX_BYTES:
+        chunk = await resp.content.read(ANSWER_MAX_BYTES - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
 
 
 def _is_object(body: bytes) -> bool:

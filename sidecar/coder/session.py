@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
+from urllib.parse import urlsplit
+
 import aiohttp
 import structlog
 from aiohttp import hdrs
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
+from sidecar.coder.client import origin
 from sidecar.coder.proxy import ProxyURL
 from sidecar.coder.token import TokenSource
 from sidecar.log import register_secret
@@ -38,12 +42,52 @@ def make_session(
     # TLS verification stays on; SSL_CERT_FILE is honoured by OpenSSL's default paths.
     # trust_env stays off: aiohttp's own reading of the proxy variables differs from Go's
     # and would proxy agentapi too.
+    if settings is not None:
+        _warn_about_url(settings.coder_agent_url)
+    # Answers are never unpacked: what a peer sends is read bounded, as sent.
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=8, resolver=resolver),
-        headers={"User-Agent": "coder-task-sidecar"},
+        headers={"User-Agent": "coder-task-sidecar", "Accept-Encoding": "identity"},
         trust_env=False,
         middlewares=middlewares,
+        auto_decompress=False,
     )
+
+
+def url_problems(url: str) -> list[tuple[str, str]]:
+    """What is worth a warning about CODER_AGENT_URL: (event, what to know)."""
+    parts = urlsplit(url)
+    problems = []
+    if parts.path.strip("/"):
+        problems.append(
+            (
+                "coder.url_path_ignored",
+                f"the path {parts.path!r} is not used: the API is reached at "
+                f"{origin(url)}/api/v2/..., as Coder's own agent reaches it",
+            )
+        )
+    if parts.scheme == "http" and not _loopback(parts.hostname or ""):
+        problems.append(
+            (
+                "coder.insecure_url",
+                "http:// to another host: the agent token travels in clear; use https://",
+            )
+        )
+    return problems
+
+
+def _warn_about_url(url: str) -> None:
+    for event, note in url_problems(url):
+        log.warning(event, url=origin(url), note=note)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def describe_proxy(settings: Settings) -> str | None:

@@ -15,6 +15,8 @@ from typing import Any, Final, TypeVar
 import aiohttp
 import structlog
 
+from sidecar import statedir
+from sidecar.agentapi.client import AgentapiError
 from sidecar.agentapi.statefile import StateFileSource
 from sidecar.backoff import Deadline
 from sidecar.coder.session import make_session
@@ -23,19 +25,20 @@ from sidecar.pipeline import Clients, Clocks, Options, Pipeline, build_pipeline
 from sidecar.runtime.health import HealthServer, Readiness
 from sidecar.runtime.lock import DaemonLock, LockHeld
 from sidecar.runtime.metrics import InvalidCounter, Metrics
-from sidecar.runtime.signals import stop_signals
+from sidecar.runtime.signals import daemon_signals
 from sidecar.runtime.supervise import RESTART_PAUSE_S, Supervisor
 from sidecar.runtime.systemd import Notifier
 from sidecar.runtime.watch import watch_file
 from sidecar.settings import Settings
 from sidecar.slot import FlushOutcome
-from sidecar.spool import Spool, Spooled
+from sidecar.spool import NOTHING_KEPT, Kept, Spool, log_unsafe, open_spool, state_dir_refused
 from sidecar.uploader import Uploader
 from sidecar.variables import ConfigError
 
 log = structlog.get_logger(__name__)
 
 _READY_AT_LATEST_S: Final = 5.0
+_PREFLIGHT_S: Final = 1.0
 # The parts that read: stopped first, so that the mirror is final when the flush begins.
 _READERS: Final = ("agentapi", "statefile", "token")
 
@@ -73,6 +76,9 @@ class Daemon:
         self.stop_requested = asyncio.Event()
         self._forced = asyncio.Event()
         self._make_clients = make_clients
+        self._refused = False  # the state directory is not ours to use
+        self._uploader: Uploader | None = None
+        self._strays: set[str] = set()
         self._supervisor = Supervisor(on_give_up=self._gave_up, pause=supervisor_pause)
 
     def request_stop(self, signame: str) -> None:
@@ -88,6 +94,18 @@ class Daemon:
             log.warning("shutdown.forced", signal=signame, note="final flush cut short")
             self._forced.set()
 
+    def _flush_now(self, signame: str) -> None:
+        """SIGUSR1: post the newest snapshot now, as agentapi saves its state on it."""
+        log.info("snapshot.flush_requested", signal=signame)
+        if self._uploader is not None:
+            self._uploader.notify(urgent=True)
+
+    def _stray(self, signame: str) -> None:
+        """A signal nothing here uses: ignored, and said once."""
+        if signame not in self._strays:
+            self._strays.add(signame)
+            log.warning("signal.ignored", signal=signame, note="it has no meaning here")
+
     def _gave_up(self, part: str) -> None:
         """A part crashed in a loop: stop as on a signal, and exit 1."""
         log.error("shutdown.requested", reason="crash_loop", task=part)
@@ -97,16 +115,18 @@ class Daemon:
         """Serve until a stop signal, then stop in order. 0 when the final snapshot was
         delivered or kept (or another daemon already serves this state directory); 1
         when it was lost, a second SIGINT cut the flush short, or a part crashed in a
-        loop. Raises ConfigError when the health listener cannot bind."""
+        loop. Raises ConfigError when the health listener cannot bind, or agentapi refuses
+        the host it is reached by."""
         lock = DaemonLock(self.settings.state_dir)
-        with stop_signals(self.request_stop):
+        with daemon_signals(stop=self.request_stop, flush_now=self._flush_now, stray=self._stray):
             try:
                 return await self._run(lock)
             finally:
                 lock.release()
 
     async def _run(self, lock: DaemonLock) -> int:
-        if not self._lock(lock):
+        self._refused = state_dir_refused(self.settings.state_dir)
+        if not self._refused and not self._lock(lock):
             return 0
         async with make_session(self.settings) as session:
             parts = self._build(session)
@@ -131,6 +151,8 @@ class Daemon:
                 note="exiting; the running daemon serves this state directory",
             )
             return False
+        except statedir.Unsafe as exc:
+            log_unsafe(lock.path.parent, exc)
         except OSError as exc:
             log.error(
                 "state_dir.unusable",
@@ -166,14 +188,14 @@ class Daemon:
         clients = self._make_clients(s, session)
         if s.coder_mcp_app_status_slug is None:
             log.info("relay.disabled", reason="CODER_MCP_APP_STATUS_SLUG is not set")
-        spool, recovered = self._load_spool()
+        spool, kept = self._load_spool()
         pipeline = build_pipeline(
             clients,
             Clocks(),
             Options.from_settings(s),
             metrics=self.metrics,
             spool=spool,
-            recovered=recovered,
+            kept=kept,
             status_text=notifier.status,
         )
         statefile = None
@@ -183,6 +205,7 @@ class Daemon:
                 on_read=pipeline.hub.on_statefile,
                 invalid=InvalidCounter(self.metrics.invalid),
             )
+        self._uploader = pipeline.uploader
         return _Parts(
             notifier=notifier,
             clients=clients,
@@ -191,26 +214,14 @@ class Daemon:
             health=self._make_health(pipeline.hub, pipeline.uploader, statefile),
         )
 
-    def _load_spool(self) -> tuple[Spool | None, Spooled | None]:
+    def _load_spool(self) -> tuple[Spool | None, Kept]:
         s = self.settings
         if s.coder_task_id is None:
             log.warning("snapshot.disabled", reason="CODER_TASK_ID is not set")
-            return None, None
-        spool = Spool(s.state_dir, s.coder_task_id, on_write=self.metrics.spool_writes.inc)
-        problem = spool.writable_problem()
-        if problem is not None:
-            log.error(
-                "spool.unwritable",
-                path=str(s.state_dir),
-                error=problem,
-                hint="set SIDECAR_STATE_DIR to a writable directory: a snapshot that cannot "
-                "be delivered at stop would be lost",
-            )
-        spool.remove_stale_temps()
-        recovered = spool.load()
-        if recovered is not None:
-            log.info("spool.recovered", path=str(spool.path), bytes=len(recovered.body))
-        return spool, recovered
+            return None, NOTHING_KEPT
+        if self._refused:
+            return None, NOTHING_KEPT
+        return open_spool(s.state_dir, s.coder_task_id, on_write=self.metrics.spool_writes.inc)
 
     def _make_health(
         self, hub: Hub, uploader: Uploader | None, statefile: StateFileSource | None
@@ -241,6 +252,7 @@ class Daemon:
 
     async def _serve(self, parts: _Parts) -> None:
         s = self.settings
+        await self._preflight(parts.clients)
         if parts.health is not None:
             try:
                 await parts.health.start()
@@ -269,6 +281,26 @@ class Daemon:
         hub = parts.pipeline.hub
         await self._first_contact(hub)
         parts.notifier.ready("watching agentapi" if hub.reachable else "waiting for agentapi")
+
+    @staticmethod
+    async def _preflight(clients: Clients) -> None:
+        """agentapi answers a Host it does not allow with 400 whatever the sidecar does:
+        that is a configuration error, said at once (exit 2), not retried for ever. Any
+        other answer, or none yet, is the source's to deal with."""
+        if clients.agentapi is None:
+            return
+        try:
+            async with asyncio.timeout(_PREFLIGHT_S):
+                await clients.agentapi.status()
+        except AgentapiError as exc:
+            if exc.host_refused:
+                raise ConfigError(
+                    "CODER_MCP_AI_AGENTAPI_URL",
+                    "agentapi refuses this host (400 Invalid host header): use localhost, "
+                    "127.0.0.1 or ::1, or start agentapi with --allowed-hosts naming it",
+                ) from None
+        except TimeoutError:
+            pass
 
     @staticmethod
     def _token_watcher(parts: _Parts) -> Callable[[], Awaitable[None]] | None:

@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
+from sidecar import statedir
+
 __all__ = ["LOCK_NAME", "DaemonLock", "LockHeld", "read_record", "running_daemon"]
 
 LOCK_NAME: Final = "daemon.lock"
 _PID_READS: Final = 50
 _PID_READ_GAP_S: Final = 0.01
-_FLAGS: Final = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
 
 
 class LockHeld(Exception):
@@ -34,10 +35,10 @@ class LockHeld(Exception):
 
 
 def read_record(directory: Path) -> dict[str, Any]:
-    """What the lock file says (empty when it is missing or unreadable)."""
+    """What the lock file says (empty when it is missing, unreadable or not ours)."""
     try:
-        obj = json.loads((directory / LOCK_NAME).read_bytes())
-    except (OSError, ValueError):
+        obj = json.loads(statedir.read_owned(directory / LOCK_NAME) or b"")
+    except (OSError, ValueError, RecursionError, statedir.Unsafe):
         return {}
     return obj if isinstance(obj, dict) else {}
 
@@ -51,8 +52,8 @@ def running_daemon(directory: Path) -> int | None:
     """The pid of the daemon that holds the lock in `directory`, or None when none does.
     Takes the lock only for an instant to find out (a shared lock, so it never blocks)."""
     try:
-        fd = os.open(directory / LOCK_NAME, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
+        fd = statedir.open_owned(directory / LOCK_NAME, os.O_RDONLY)
+    except (OSError, statedir.Unsafe):
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -88,9 +89,12 @@ class DaemonLock:
 
     def acquire(self) -> None:
         """Take the lock and write our pid. Raises LockHeld when another process has it,
-        OSError when the directory cannot hold the file."""
+        statedir.Unsafe when the directory or the file is not ours (a symlink planted
+        there must never be written through), OSError when the directory cannot hold the
+        file."""
         self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self._path, _FLAGS, 0o600)
+        statedir.check_directory(self._path.parent)
+        fd = statedir.open_owned(self._path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

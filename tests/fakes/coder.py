@@ -43,6 +43,7 @@ from tests.fakes.server import Notifier, rfc3339, utc_now
 
 __all__ = [
     "SNAPSHOT_BODY_LIMIT",
+    "Answer",
     "AppStatus",
     "FakeCoder",
     "RecordedRequest",
@@ -68,7 +69,20 @@ _RFC3339: Final = re.compile(
     r"(?:[.,][0-9]+)?(?:Z|[+-]([0-9]{2}):([0-9]{2}))\Z"
 )
 
-FaultKind = Literal["fail", "redirect", "hang", "close"]
+FaultKind = Literal["fail", "redirect", "hang", "close", "answer"]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Whatever something in front of coderd answers with: `status`, `content_type`,
+    `headers`, and a body of `body` repeated `repeat` times (None: for ever), written as
+    fast as the client reads it."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+    repeat: int | None = 1
 
 
 @dataclass(slots=True)
@@ -114,6 +128,7 @@ class _Fault:
     status: int = 0
     retry_after: str | None = None
     location: str | None = None
+    answer: Answer | None = None
 
 
 @dataclass(slots=True)
@@ -188,6 +203,13 @@ class FakeCoder:
         """Read the next `times` matching requests, then close the connection without
         a response."""
         self._faults.append(_Fault("close", times, path_contains))
+
+    def answer_next(
+        self, answer: Answer, times: int = 1, path_contains: str = "log-snapshot"
+    ) -> None:
+        """Answer the next `times` matching requests with `answer` instead of coderd: a
+        login page, a proxy's error, a body that never ends."""
+        self._faults.append(_Fault("answer", times, path_contains, answer=answer))
 
     def clear_faults(self) -> None:
         self._faults.clear()
@@ -283,7 +305,7 @@ class FakeCoder:
                     response = await handler(request)
                 except web.HTTPException as exc:  # aiohttp's own 404/405 for unknown routes
                     response = _coder_error(exc.status, exc.reason)
-            if record.fault in (None, "fail", "redirect"):
+            if record.fault in (None, "fail", "redirect", "answer"):
                 record.status = response.status
             return response
         finally:
@@ -307,6 +329,9 @@ class FakeCoder:
         if fault.kind == "redirect":
             assert fault.location is not None
             return web.Response(status=fault.status, headers={"Location": fault.location})
+        if fault.kind == "answer":
+            assert fault.answer is not None
+            return await _answer(request, fault.answer)
         if fault.kind == "hang":
             # Ends by cancellation when the client disconnects, or here on server stop.
             await self._stopping.wait()
@@ -569,3 +594,19 @@ def _decode_app_status(body: bytes, too_large: bool) -> dict[str, str] | str:
             return f"{name} must be a string"
         fields[name] = value or ""
     return fields
+
+
+async def _answer(request: web.Request, answer: Answer) -> web.StreamResponse:
+    headers = {"Content-Type": answer.content_type, **dict(answer.headers)}
+    response = web.StreamResponse(status=answer.status, headers=headers)
+    if answer.repeat is not None:
+        response.content_length = len(answer.body) * answer.repeat
+    await response.prepare(request)
+    written = 0
+    try:
+        while answer.repeat is None or written < answer.repeat:
+            await response.write(answer.body)
+            written += 1
+    except (ConnectionError, RuntimeError):
+        pass  # the client stopped reading, as it should
+    return response

@@ -5,7 +5,11 @@ The ground truth is computed from the agentapi fake alone, independently of the 
 own snapshot code: the newest `MAX_MESSAGES` messages by id whose role is user or agent,
 content exactly as agentapi has it, unless the 65,536-byte rule forced the sidecar to
 drop older messages or cut the newest one (then the stored content must be the original's
-tail behind the marker, and the cut must have been necessary).
+tail behind the marker, and the cut must have been necessary). After agentapi started
+again with a new conversation, the stored snapshot carries what was said before, then the
+sidecar's restart marker, then agentapi's conversation: the part after the newest marker
+(its ids less the marker's id + 1 are agentapi's) must be the newest of agentapi's
+conversation, the part before it is what was held.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any, Final
 
 import aiohttp
 
+from sidecar.history import MARKER as RESTART_MARKER
 from tests.e2e.harness import SidecarProcess, metric
 from tests.e2e.workspace import Workspace
 from tests.fakes.agentapi import FakeAgentapi
@@ -97,6 +102,9 @@ def snapshot_problem(
     stored = payload.get("messages") if isinstance(payload, dict) else None
     if not isinstance(stored, list) or not stored:
         return "body has no messages"
+    markers = [i for i, m in enumerate(stored) if m.get("content") == RESTART_MARKER]
+    if markers:
+        return _restarted_problem(expected, stored, markers[-1])
     if len(stored) > len(expected):
         return f"{len(stored)} messages stored, only {len(expected)} expected"
     want = list(expected[-len(stored) :])
@@ -135,6 +143,32 @@ def snapshot_problem(
         )
     if len(body) < max_bytes - _CUT_SLACK:
         return f"cut body is {len(body)} bytes: a longer tail would have fit"
+    return None
+
+
+def _restarted_problem(
+    expected: Sequence[dict[str, Any]], stored: list[dict[str, Any]], marker: int
+) -> str | None:
+    """`stored` holds a restart marker at index `marker`: ids ascending, the window kept,
+    and after the marker the newest of agentapi's conversation, word for word."""
+    ids = [m.get("id") for m in stored]
+    numbers = [i for i in ids if isinstance(i, int)]
+    if numbers != ids or numbers != sorted(set(numbers)):
+        return f"stored ids {ids} are not strictly ascending"
+    if len(stored) > MAX_MESSAGES:
+        return f"{len(stored)} messages stored, over the window of {MAX_MESSAGES}"
+    offset = stored[marker]["id"] + 1
+    after = [{**m, "id": m["id"] - offset} for m in stored[marker + 1 :]]
+    if not after:
+        return "nothing of agentapi's conversation after the restart marker"
+    want = list(expected[-len(after) :])
+    if [m["id"] for m in after] != [m["id"] for m in want]:
+        return (
+            f"after the marker: ids {[m['id'] for m in after]} != newest {[m['id'] for m in want]}"
+        )
+    for got, exp in zip(after, want, strict=True):
+        if (got["role"], got["content"]) != (exp["role"], exp["content"]):
+            return f"after the marker: message {exp['id']} differs ({_short(got['content'])})"
     return None
 
 

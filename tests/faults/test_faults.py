@@ -200,7 +200,8 @@ async def agentapi_restarted_shorter_history(rig: Rig) -> None:
         [("user", "Continue from the plan"), ("agent", "Resuming: the parser is next.")]
     )
     await rig.agentapi.server.start()
-    await rig.wait_truth()  # the shorter history replaced the longer one
+    # A new conversation: the old one's newest words, the marker, then the new one.
+    await rig.wait_truth()
     await rig.agent.turn()
 
 

@@ -4,6 +4,7 @@ daemon, an agentapi stand-in with a pid file and a state file, and the fake Code
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 from typing import Any, Final
 
@@ -73,7 +74,7 @@ async def test_a_daemon_that_could_not_deliver_makes_stop_exit_1(rig: Rig) -> No
     assert "unsent" in rig.spool_path.read_text()
 
 
-async def test_without_a_daemon_agentapi_saves_first_then_the_snapshot_then_it_stops(
+async def test_without_a_daemon_agentapi_is_asked_to_save_the_snapshot_posted_then_it_stops(
     rig: Rig, tmp_path: Path
 ) -> None:
     async with agentapi_process(tmp_path, "user:run the tests", "agent:All green.") as agentapi:
@@ -81,14 +82,18 @@ async def test_without_a_daemon_agentapi_saves_first_then_the_snapshot_then_it_s
         assert code == 0
         # Step 3 waited for agentapi: it has exited when the hook returns.
         assert agentapi.proc.returncode is not None or await agentapi.proc.wait() == 0
-        journal = agentapi.entries()
-    whats = [(e["what"], e.get("name") or e.get("path")) for e in journal]
-    assert whats[:3] == [("signal", "SIGUSR1"), ("saved", None), ("request", "/messages")]
-    # Nothing changed since the SIGUSR1 save: agentapi's final save is skipped.
-    assert whats[-3:] == [("signal", "SIGTERM"), ("save_skipped", None), ("exited", None)]
+        whats = agentapi.whats()
+    # SIGUSR1 is the first thing agentapi sees; the hook reads /messages without waiting
+    # for that save (agentapi answers, so its state file is not the snapshot's source).
+    assert whats[0] == ("signal", "SIGUSR1")
+    assert whats.index(("request", "/messages")) < whats.index(("signal", "SIGTERM"))
+    # One SIGTERM (a second would kill agentapi mid-save); nothing changed since the
+    # SIGUSR1 save, so agentapi's final save is skipped; it has exited.
+    assert [w for w in whats if w[0] == "signal"] == [("signal", "SIGUSR1"), ("signal", "SIGTERM")]
+    assert whats[-3:] == [("signal", "SIGTERM"), ("save_skipped", "unchanged"), ("exited", None)]
     assert stored_contents(rig.coder.fake) == ["run the tests", "All green."]
-    assert events(logs)[:2] == ["stop.agentapi_saved", "stop.no_daemon"]
-    assert events(logs)[-1] == "stop.agentapi_stopped"
+    assert events(logs)[0] == "stop.no_daemon"
+    assert events(logs)[-2:] == ["stop.agentapi_stopped", "stop.agentapi_saved"]
 
 
 async def test_without_a_daemon_and_agentapi_gone_the_state_file_speaks(
@@ -166,3 +171,53 @@ async def test_a_configuration_error_is_one_line_and_exit_2(rig: Rig) -> None:
         "coder-task-sidecar: configuration error: SIDECAR_SHUTDOWN_TIMEOUT: must be a number "
         "of seconds from 1 to 600"
     ]
+
+
+async def test_stop_signals_agentapi_once_and_waits_out_its_slow_final_save(
+    rig: Rig, tmp_path: Path
+) -> None:
+    # Something changed since agentapi's last save, and its save takes a while: a second
+    # SIGTERM would kill it mid-save, leaving only <file>.tmp.
+    async with agentapi_process(
+        tmp_path, "user:hello", args=["--save-delay", "1.5", "--save-state", "true"]
+    ) as agentapi:
+        proc = SidecarProcess(rig.env(**agentapi.env(), AGENTAPI_SAVE_STATE="false"), ["stop"])
+        await proc.start()
+        try:
+            await proc.wait_log("stop.no_daemon", timeout=DEADLINE)
+            await agentapi.wait_journal("signal")
+            # The hook itself is signalled meanwhile (a supervisor, `timeout`): it finishes.
+            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+                proc.signal(sig)
+            code = await proc.wait(DEADLINE)
+        finally:
+            await proc.kill()
+        assert await agentapi.wait_exit() == 0
+        whats = agentapi.whats()
+    assert_no_traceback(proc.output())
+    assert code == 0
+    assert [w for w in whats if w[0] == "signal"] == [("signal", "SIGTERM")]
+    assert whats[-2:] == [("saved", None), ("exited", None)]
+    assert agentapi.state_file is not None
+    assert agentapi.state_file.exists()
+    assert not agentapi.state_file.with_name(agentapi.state_file.name + ".tmp").exists()
+    held = [e["signal"] for e in proc.logs if e["event"] == "stop.signal_held"]
+    assert sorted(held) == ["SIGHUP", "SIGTERM", "SIGUSR1"]
+    assert events(proc.logs)[-1] == "stop.agentapi_stopped"
+
+
+async def test_with_a_daemon_stop_does_not_wait_for_agentapis_save(
+    rig: Rig, tmp_path: Path
+) -> None:
+    async with agentapi_process(tmp_path, "user:hello", args=["--save-delay", "2"]) as agentapi:
+        rig.agentapi.fake.add_message("user", "hello")
+        await rig.start_sidecar()
+        await rig.wait_truth()
+        code, logs = await run_stop(rig, **agentapi.env())
+        whats = agentapi.whats()
+    assert code == 0
+    # The daemon was stopped (its final snapshot told) before agentapi's slow SIGUSR1 save
+    # was done: the two ran side by side.
+    assert events(logs)[0] == "stop.daemon_stopped"
+    assert whats[0] == ("signal", "SIGUSR1")
+    assert [w for w in whats if w[0] == "signal"] == [("signal", "SIGUSR1"), ("signal", "SIGTERM")]

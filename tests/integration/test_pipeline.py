@@ -7,6 +7,7 @@ Real loopback servers on both sides; only the daemon process around the pieces i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from sidecar.coder.client import CoderClient
 from sidecar.coder.outcomes import RULES, Outcome
 from sidecar.coder.retry import RetryPolicy
 from sidecar.coder.token import TokenSource
+from sidecar.history import MARKER
 from sidecar.hub import Hub
 from sidecar.mirror import Mirror
 from sidecar.models import AgentStatus
@@ -215,7 +217,7 @@ async def test_reconnect_after_the_stream_drops(make_pipeline: PipelineFactory) 
     await p.wait_stored(p.truth)
 
 
-async def test_restart_with_shorter_history_replaces_the_snapshot(
+async def test_a_restart_joins_the_new_conversation_to_the_old_one(
     make_pipeline: PipelineFactory,
 ) -> None:
     p = await make_pipeline()
@@ -223,8 +225,26 @@ async def test_restart_with_shorter_history_replaces_the_snapshot(
     for i in range(6):
         fake.add_message("user" if i % 2 == 0 else "agent", f"old {i}")
     await p.wait_stored(p.truth)
+    before = p.truth()
+    posts = len(p.coder.fake.accepted_snapshot_posts())
+    # agentapi starts again without its state: the agent's screen alone, ids from 0.
     fake.restart([("agent", "fresh session")])
-    await p.wait_stored(lambda: [("agent", "fresh session")])
+    await until(lambda: [m.content for m in p.mirror.messages()] == ["fresh session"])
+    # It says nothing the stored conversation lacks: nothing is posted over it.
+    with contextlib.suppress(TimeoutError):
+        await p.coder.fake.wait_for(
+            lambda: len(p.coder.fake.accepted_snapshot_posts()) > posts, timeout=1.0
+        )
+    assert len(p.coder.fake.accepted_snapshot_posts()) == posts
+    # The person asks again: the old words, a marker, then the new conversation.
+    fake.add_message("user", "new question")
+    fake.add_message("agent", "new answer")
+    expected = [*before, ("agent", MARKER), ("agent", "fresh session")]
+    expected += [("user", "new question"), ("agent", "new answer")]
+    await p.wait_stored(lambda: expected[-10:])
+    ids = [m["id"] for m in p.coder.fake.accepted_snapshot_posts()[-1].json()["messages"]]
+    assert ids == sorted(set(ids))
+    assert await p.logs_readable()
 
 
 async def test_polling_fallback_without_events(make_pipeline: PipelineFactory) -> None:

@@ -1,4 +1,8 @@
-"""Which source speaks when: the live stream, and the state file only when it is newer."""
+"""Which source speaks when: the live stream, and the state file only when it is newer.
+
+Times here are the hub's own (monotonic) clock; a state file's write is handed to the
+hub as an age (`read(written_at)` makes the age from the clock's now).
+"""
 
 from __future__ import annotations
 
@@ -31,26 +35,29 @@ def msg(i: int, content: str) -> Message:
     return Message(i, "agent", content, T)
 
 
-def read(mtime: float, *contents: str) -> StateFileRead:
+CLOCK_START = 1000.0
+
+
+def read(written_at: float, *contents: str, now: float | None = None) -> StateFileRead:
+    """The state file as read at `now` (the clock's now, by default), written at
+    `written_at`."""
     messages = tuple(msg(i, c) for i, c in enumerate(contents))
-    return StateFileRead(Conversation(messages, None), mtime)
+    return StateFileRead(
+        Conversation(messages, None), (CLOCK.now if now is None else now) - written_at
+    )
 
 
 def contents(hub: Hub) -> list[str]:
     return [m.content for m in hub.mirror.messages()]
 
 
-def make(held_at: float = 0.0, recovered: tuple[Message, ...] = ()) -> tuple[Hub, Clock]:
-    clock = Clock()
-    hub = Hub(
-        mirror=Mirror(10),
-        uploader=None,
-        relay=None,
-        wall_clock=clock,
-        held_at=held_at,
-        recovered=recovered,
-    )
-    return hub, clock
+CLOCK = Clock()
+
+
+def make(recovered: tuple[Message, ...] = ()) -> tuple[Hub, Clock]:
+    CLOCK.now = CLOCK_START
+    hub = Hub(mirror=Mirror(10), uploader=None, relay=None, clock=CLOCK, recovered=recovered)
+    return hub, CLOCK
 
 
 def test_state_file_fills_in_before_agentapi_answers() -> None:
@@ -120,26 +127,27 @@ def test_file_saved_mid_turn_and_read_late_cuts_no_words() -> None:
     assert contents(hub) == ["Reading parser.py: the tokenizer drops the last line."]
 
 
-def test_state_file_older_than_the_recovered_spool_is_ignored() -> None:
-    hub, _ = make(held_at=950.0, recovered=(msg(0, "spooled"),))
-    hub.on_statefile(read(940.0, "older than the spool"))
-    assert contents(hub) == []
-    hub.on_statefile(read(960.0, "newer than the spool"))
-    assert contents(hub) == ["newer than the spool"]
+def test_at_a_start_file_times_do_not_decide_between_the_spool_and_the_state_file() -> None:
+    # The spool and the state file were written by two processes, perhaps on either
+    # side of a step of the wall clock: what they hold decides (and the snapshot's
+    # history keeps both when they differ), not which file looks older.
+    hub, _ = make(recovered=(msg(0, "spooled"),))
+    hub.on_statefile(read(0.0, "written long before, by the clock"))
+    assert contents(hub) == ["written long before, by the clock"]
 
 
 def test_state_file_the_spool_already_holds_is_ignored_however_close_in_time() -> None:
     # Saved before the last turn; the sidecar spooled that turn a moment later.
     spooled = (msg(0, "Fix the parser"), msg(1, "Done: all tests pass."))
-    hub, _ = make(held_at=950.0, recovered=spooled)
-    hub.on_statefile(read(949.8, "Fix the parser"))
+    hub, _ = make(recovered=spooled)
+    hub.on_statefile(read(CLOCK_START, "Fix the parser"))
     assert contents(hub) == []
 
 
 def test_state_file_saved_at_exit_just_before_the_spool_is_applied() -> None:
     # agentapi saved its final words, the sidecar spooled what it had seen a moment later.
-    hub, _ = make(held_at=950.0, recovered=(msg(0, "Done"),))
-    hub.on_statefile(read(949.8, "Done: all tests pass."))
+    hub, _ = make(recovered=(msg(0, "Done"),))
+    hub.on_statefile(read(CLOCK_START, "Done: all tests pass."))
     assert contents(hub) == ["Done: all tests pass."]
 
 
@@ -162,7 +170,7 @@ def test_events_without_a_conversation_do_not_make_the_held_one_newer() -> None:
     # A spool written at 1000 stands in for the conversation. agentapi then answers only
     # with a replay start and a replayed error before it dies: nothing it said is newer
     # than the state file it saved at 1050, which must still speak.
-    hub, clock = make(held_at=1000.0, recovered=(msg(0, "spooled"),))
+    hub, clock = make(recovered=(msg(0, "spooled"),))
     clock.now = 1100.0
     hub.on_reachable(True)
     hub.on_event(ReplayStarted())
@@ -175,7 +183,7 @@ def test_events_without_a_conversation_do_not_make_the_held_one_newer() -> None:
 def test_an_empty_replay_does_not_make_the_held_one_newer() -> None:
     # agentapi restarted empty at 1100, then died; its state file from 1050 still holds
     # more than the spool from 1000.
-    hub, clock = make(held_at=1000.0, recovered=(msg(0, "spooled"),))
+    hub, clock = make(recovered=(msg(0, "spooled"),))
     clock.now = 1100.0
     hub.on_reachable(True)
     hub.on_event(ReplayStarted())

@@ -4,6 +4,7 @@ import pytest
 
 from sidecar.mirror import Mirror, covers
 from sidecar.models import (
+    CONTENT_MAX_CHARS,
     AgentError,
     AgentStatus,
     Conversation,
@@ -220,3 +221,14 @@ def test_covers_a_snapshot_ignores_what_is_older_than_it() -> None:
     assert not covers(spooled, [msg(10)])
     assert not covers([], [msg(0)])
     assert covers([], [])
+
+
+def test_a_huge_message_is_held_as_the_tail_a_snapshot_can_carry() -> None:
+    mirror = Mirror(10)
+    mirror.apply(ReplayStarted())
+    for i in range(10):
+        mirror.apply(MessageUpdate(Message(i, "agent", str(i) * 1_000_000, T)))
+    mirror.apply(StatusChange(AgentStatus.STABLE))
+    held = mirror.messages()
+    assert [len(m.content) for m in held] == [CONTENT_MAX_CHARS] * 10
+    assert [m.cut for m in held] == [1_000_000 - CONTENT_MAX_CHARS] * 10

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidecar import snapshot
-from sidecar.models import SNAPSHOT_MAX_BYTES, Message, Role
+from sidecar.models import CONTENT_MAX_CHARS, SNAPSHOT_MAX_BYTES, Message, Role, tail_of
 from sidecar.snapshot import MARKER_FORMAT, MIN_MAX_BYTES, build, encode, marker
 
 T = "2024-05-01T12:00:00.123456789Z"
@@ -454,3 +454,30 @@ def test_build_properties_with_oversized_newest(
 ) -> None:
     newest = msg(2**53 + 1, big)
     check_build([*older, newest], 10, max_bytes)
+
+
+@pytest.mark.parametrize("content", ["a" * 200_000, "€" * 100_000, "line\n" * 40_000])
+def test_a_message_the_mirror_kept_only_the_tail_of_is_cut_as_the_whole_would_be(
+    content: str,
+) -> None:
+    # The mirror keeps no more than CONTENT_MAX_CHARS of a message: what a snapshot of
+    # the whole would show, the kept tail shows, the marker counting every cut character.
+    whole = build([msg(1, content)], max_messages=10)
+    kept = build([tail_of(msg(1, content))], max_messages=10)
+    assert kept == whole
+    assert kept is not None
+    split = split_marker(parse(kept)[0].content)
+    assert split is not None
+    assert split[0] == len(content) - len(split[1])
+
+
+def test_tail_of_keeps_a_short_message_as_it_is_and_counts_what_it_cuts() -> None:
+    short = msg(1, "x" * CONTENT_MAX_CHARS)
+    assert tail_of(short) is short
+    long = tail_of(msg(1, "a" + "b" * CONTENT_MAX_CHARS))
+    assert (long.content, long.cut) == ("b" * CONTENT_MAX_CHARS, 1)
+    # Cut again (a tail that grew), the counts add up.
+    again = tail_of(long._replace(content=long.content + "cc"))
+    assert again.cut == 3
+    assert again.content.endswith("cc")
+    assert len(again.content) == CONTENT_MAX_CHARS

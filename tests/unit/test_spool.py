@@ -30,7 +30,6 @@ def test_roundtrip_and_clear(tmp_path: Path) -> None:
     assert loaded is not None
     assert loaded.body == BODY
     assert loaded.messages == (Message(0, "user", "hi", "2026-01-01T00:00:00Z"),)
-    assert loaded.written_at == spool.path.stat().st_mtime
     spool.clear()
     assert spool.load() is None
     spool.clear()  # idempotent
@@ -83,3 +82,58 @@ def test_unwritable_directory_reports_failure(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     spool = Spool(blocker / "sub", TASK)
     assert spool.save(BODY) is False
+
+
+NEWER = BODY.replace(b'"hi"', b'"hello"')
+
+
+def test_a_delivered_body_is_recorded_and_the_spool_cleared(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, TASK)
+    assert spool.keep(BODY)
+    spool.delivered(BODY)
+    assert not spool.path.exists()
+    assert spool.accepted_path.read_bytes() == BODY
+    again = Spool(tmp_path, TASK).recover()
+    assert again.pending is None
+    assert again.accepted is not None
+    assert again.accepted.body == BODY
+    assert again.held == again.accepted
+
+
+def test_a_spool_newer_than_the_record_is_pending_and_held(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, TASK)
+    spool.delivered(BODY)
+    assert spool.keep(NEWER)
+    kept = Spool(tmp_path, TASK).recover()
+    assert kept.pending is not None
+    assert kept.pending.body == NEWER
+    assert kept.held == kept.pending
+
+
+def test_a_spool_coder_holds_already_is_not_pending_at_the_next_start(tmp_path: Path) -> None:
+    # Accepted, but its removal failed and the record was written: a later start must
+    # not post it again over newer words.
+    spool = Spool(tmp_path, TASK)
+    assert spool.save(BODY)
+    (tmp_path / f"{TASK}.accepted.json").write_bytes(BODY)
+    kept = Spool(tmp_path, TASK).recover()
+    assert kept.pending is None
+    assert not spool.path.exists()
+
+
+def test_a_corrupt_record_is_moved_aside(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, TASK)
+    spool.accepted_path.write_bytes(b"{not json")
+    assert spool.recover().accepted is None
+    assert [p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+
+
+def test_each_body_is_written_once(tmp_path: Path) -> None:
+    writes: list[int] = []
+    spool = Spool(tmp_path, TASK, on_write=lambda: writes.append(1))
+    assert spool.keep(BODY)
+    assert spool.keep(BODY)
+    assert writes == [1]
+    spool.delivered(BODY)
+    spool.delivered(BODY)
+    assert spool.accepted_path.read_bytes() == BODY

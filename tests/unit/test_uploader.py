@@ -21,7 +21,7 @@ from sidecar.mirror import Mirror
 from sidecar.models import AgentStatus, Message, MessageUpdate, ReplayStarted, Role, StatusChange
 from sidecar.runtime.metrics import Metrics
 from sidecar.slot import FlushOutcome
-from sidecar.spool import Spool, Spooled
+from sidecar.spool import NOTHING_KEPT, Kept, Spool
 from sidecar.uploader import FIRST_POST_SPREAD, Uploader
 from tests.fakes.clock import on_virtual_clock
 
@@ -93,7 +93,7 @@ class Rig:
         start: bool = True,
         retry: RetryPolicy | None = None,
         spool: Spool | None = None,
-        recovered: Spooled | None = None,
+        kept: Kept = NOTHING_KEPT,
         rng: random.Random | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
@@ -108,7 +108,7 @@ class Rig:
             metrics=self.metrics,
             interval=interval,
             spool=self.spool,
-            recovered=recovered,
+            kept=kept,
             retry=retry or RetryPolicy(transient=Backoff(base=1.0, cap=1.0, rng=Ceiling())),
             clock=loop.time,
             wall_clock=lambda: WALL + loop.time(),
@@ -574,7 +574,7 @@ async def test_spooled_body_is_delivered_on_start(tmp_path: Path) -> None:
     body = body_of("from last run")
     spool = Spool(tmp_path, TASK)
     assert spool.save(body)
-    rig = Rig(tmp_path, interval=5.0, spool=spool, recovered=spool.load())
+    rig = Rig(tmp_path, interval=5.0, spool=spool, kept=spool.recover())
     await asyncio.sleep(1.0)
     assert rig.client.bodies == [body]
     assert not spool.path.exists()
@@ -585,7 +585,7 @@ async def test_spooled_body_is_delivered_on_start(tmp_path: Path) -> None:
 async def test_newer_conversation_supersedes_the_spool(tmp_path: Path) -> None:
     spool = Spool(tmp_path, TASK)
     assert spool.save(body_of("old"))
-    rig = Rig(tmp_path, interval=5.0, start=False, spool=spool, recovered=spool.load())
+    rig = Rig(tmp_path, interval=5.0, start=False, spool=spool, kept=spool.recover())
     rig.put(0, "new")
     assert await rig.uploader.flush(1.0) is FlushOutcome.DELIVERED
     assert rig.client.contents() == ["new"]
@@ -630,7 +630,7 @@ async def test_a_body_that_cannot_be_kept_takes_the_older_spool_with_it(tmp_path
     older = Spool(tmp_path, TASK)
     assert older.save(body_of("from the last run"))
     spool = FullDisk(tmp_path, TASK)
-    rig = Rig(tmp_path, interval=60.0, start=False, spool=spool, recovered=spool.load())
+    rig = Rig(tmp_path, interval=60.0, start=False, spool=spool, kept=spool.recover())
     rig.client.script = [result(503)] * 1000
     rig.put(0, "newer words that the full disk cannot keep")
     assert await rig.uploader.flush(0.2) is FlushOutcome.LOST
@@ -644,7 +644,7 @@ async def test_a_spool_that_cannot_be_removed_is_overwritten_with_what_coder_hol
 ) -> None:
     spool = StuckFile(tmp_path, TASK)
     assert spool.save(body_of("from the last run"))
-    rig = Rig(tmp_path, interval=60.0, start=False, spool=spool, recovered=spool.load())
+    rig = Rig(tmp_path, interval=60.0, start=False, spool=spool, kept=spool.recover())
     rig.put(0, "newer, accepted")
     assert await rig.uploader.flush(1.0) is FlushOutcome.DELIVERED
     # The next start finds the body Coder already holds, never the older one.
@@ -660,7 +660,7 @@ async def test_a_coder_without_tasks_turns_snapshots_off_and_says_so_once(
 ) -> None:
     spool = Spool(tmp_path, TASK)
     assert spool.save(body_of("kept for a server that has no room for it"))
-    rig = Rig(tmp_path, interval=5.0, spool=spool, recovered=spool.load())
+    rig = Rig(tmp_path, interval=5.0, spool=spool, kept=spool.recover())
     rig.client.script = [NO_ROUTE, NO_ROUTE]
     with capture_logs() as logs:
         await asyncio.sleep(1.0)
