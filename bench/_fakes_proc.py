@@ -1,9 +1,9 @@
 """The fakes process: a minimal raw SSE server plus a FakeCoder, in their own process.
 
 The SSE handler writes pre-built bytes (agentapi's exact frame format, built with
-tests.fakes.agentapi.sse_frame) as fast as the socket takes them, so the fake's own cost
-neither slows the sidecar down nor shows up in its CPU figures (the machine has 2 cores:
-one for the fakes, one for the code under test).
+sidecar.standins.agentapi.sse_frame) as fast as the socket takes them, so the fake's own
+cost neither slows the sidecar down nor shows up in its CPU figures (the machine has 2
+cores: one for the fakes, one for the code under test).
 
 Not a benchmark itself; bench/ingest.py and bench/profile_hot_path.py use it.
 """
@@ -22,9 +22,9 @@ import _common  # first: puts the repo root on sys.path
 from _pipeline import Endpoints
 from aiohttp import web
 
-from tests.fakes.agentapi import sse_frame
-from tests.fakes.coder import FakeCoder, RecordedRequest
-from tests.fakes.server import rfc3339, serve
+from sidecar.standins.agentapi import sse_frame
+from sidecar.standins.coder import FakeCoder, RecordedRequest
+from sidecar.standins.server import rfc3339, serve
 
 _CHUNK = 256 * 1024
 _T0 = datetime(2025, 1, 1, tzinfo=UTC)

@@ -57,9 +57,9 @@ from sidecar.models import (
 from sidecar.relay.delivery import Relay
 from sidecar.relay.policy import RelayPolicy, StatusReport
 from sidecar.runtime.metrics import Metrics
+from sidecar.standins.coder import FakeCoder
+from sidecar.standins.server import serve
 from tests.fakes.clock import run_on_virtual_clock
-from tests.fakes.coder import FakeCoder
-from tests.fakes.server import serve
 
 SESSION_S = 600.0
 TURNS = 20

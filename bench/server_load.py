@@ -63,10 +63,10 @@ from _fleet import FIRST_POST_SPREAD, Cadence, Outage, Restart, Start, Steady
 
 from sidecar.relay.delivery import retry_policy as relay_retry_policy
 from sidecar.settings import Settings
+from sidecar.standins.agentapi import FakeAgentapi
+from sidecar.standins.coder import FakeCoder
+from sidecar.standins.server import serve
 from tests.e2e.harness import SidecarProcess, base_env
-from tests.fakes.agentapi import FakeAgentapi
-from tests.fakes.coder import FakeCoder
-from tests.fakes.server import serve
 
 # the default SIDECAR_SNAPSHOT_INTERVAL
 INTERVAL: float = Settings.model_fields["sidecar_snapshot_interval"].default

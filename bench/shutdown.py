@@ -3,7 +3,7 @@
     python bench/shutdown.py [--quick] [--repeat N]
 
 For three conversations (10 ASCII messages of 30 KiB; one 70,000-character message; one
-message of 40,000 '€') it measures, against the loopback fakes (tests/fakes):
+message of 40,000 '€') it measures, against the loopback fakes (sidecar/standins):
 
   (a) daemon   the real `coder-task-sidecar run` process: settle (its first snapshot is
                stored), change the conversation, wait until /metrics counts the event,
@@ -63,11 +63,11 @@ from pathlib import Path
 import _common  # first: puts the repo root on sys.path
 import aiohttp
 
+from sidecar.standins.agentapi import FakeAgentapi
+from sidecar.standins.coder import FakeCoder
+from sidecar.standins.server import serve
 from tests.e2e.harness import SidecarProcess, base_env, end_the_turn, sidecar_command
-from tests.fakes.agentapi import FakeAgentapi
 from tests.fakes.agentapi_process import read_journal
-from tests.fakes.coder import FakeCoder
-from tests.fakes.server import serve
 
 SCRIPT = _common.BENCH / "baseline" / "shutdown-snapshot.sh"
 REGISTRY_SCRIPT = _common.BENCH / "baseline" / "agentapi-shutdown.sh"

@@ -131,8 +131,8 @@ def big_text(chars: int) -> str:
 async def run_case(tree: Path, mode: str, seconds: float, ceiling_mb: float) -> dict[str, Any]:
     import _common
 
-    from tests.fakes.agentapi import FakeAgentapi
-    from tests.fakes.server import serve
+    from sidecar.standins.agentapi import FakeAgentapi
+    from sidecar.standins.server import serve
 
     fake = FakeAgentapi()
     fake.add_message("agent", "Hello! Ready to help.")

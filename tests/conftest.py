@@ -18,9 +18,9 @@ from uuid import UUID
 import pytest
 from aiohttp import web
 
-from tests.fakes.agentapi import FakeAgentapi
-from tests.fakes.coder import FakeCoder
-from tests.fakes.server import Served, serve
+from sidecar.standins.agentapi import FakeAgentapi
+from sidecar.standins.coder import FakeCoder
+from sidecar.standins.server import Served, serve
 
 
 class AgentapiFactory(Protocol):

@@ -6,11 +6,11 @@ from typing import Protocol
 
 import pytest
 
+from sidecar.standins.agentapi import FakeAgentapi
+from sidecar.standins.coder import FakeCoder
+from sidecar.standins.server import Served
 from tests.e2e.harness import SidecarProcess
 from tests.e2e.workspace import Workspace
-from tests.fakes.agentapi import FakeAgentapi
-from tests.fakes.coder import FakeCoder
-from tests.fakes.server import Served
 
 
 class SidecarFactory(Protocol):

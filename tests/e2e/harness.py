@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fakes.agentapi import FakeAgentapi
-from tests.fakes.coder import FakeCoder
+from sidecar.standins.agentapi import FakeAgentapi
+from sidecar.standins.coder import FakeCoder
 from tests.tools import sidecar_command
 
 
@@ -121,6 +121,17 @@ class SidecarProcess:
                 self._changed.clear()
                 await self._changed.wait()
         return self.events(name)[count - 1]
+
+    async def wait_output(self, text: str, timeout: float = 10.0) -> None:
+        """Wait until stdout holds `text`."""
+        async with asyncio.timeout(timeout):
+            while text.encode() not in self.stdout:
+                if self.proc is not None and all(r.done() for r in self._readers):
+                    raise AssertionError(
+                        f"sidecar exited before printing {text!r}:\n{self.output()}"
+                    )
+                self._changed.clear()
+                await self._changed.wait()
 
     def signal(self, sig: signal.Signals = signal.SIGTERM) -> None:
         assert self.proc is not None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import itertools
 
+from sidecar.standins.coder import FakeCoder
 from tests.e2e.conftest import SidecarFactory
 from tests.e2e.workspace import Workspace
-from tests.fakes.coder import FakeCoder
 
 
 def relay_env(workspace: Workspace, **overrides: str) -> dict[str, str]:

@@ -8,10 +8,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from sidecar.standins.agentapi import FakeAgentapi
+from sidecar.standins.coder import FakeCoder
+from sidecar.standins.server import Served
 from tests.e2e.harness import base_env
-from tests.fakes.agentapi import FakeAgentapi
-from tests.fakes.coder import FakeCoder
-from tests.fakes.server import Served
 
 
 @dataclass

@@ -59,8 +59,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from tests.fakes.agentapi import DEFAULT_ALLOWED_HOSTS, VERSIONS, FakeAgentapi
-from tests.fakes.server import serve
+from sidecar.standins.agentapi import DEFAULT_ALLOWED_HOSTS, VERSIONS, FakeAgentapi
+from sidecar.standins.server import serve
 
 __all__ = ["Journal", "read_journal"]
 

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from tests.fakes.server import Notifier
+from sidecar.standins.server import Notifier
 
 __all__ = ["HostsResolver", "ProxiedRequest", "RecordingProxy"]
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.standins.agentapi import FakeAgentapi
+from sidecar.standins.coder import FakeCoder
+from sidecar.standins.server import Served
 from tests.e2e.conftest import start_sidecar, workspace  # noqa: F401 (shared with the e2e tests)
-from tests.fakes.agentapi import FakeAgentapi
-from tests.fakes.coder import FakeCoder
-from tests.fakes.server import Served
 from tests.faults.chaos import REPORT_KEY, ChaosReport
 from tests.faults.rig import Rig
 

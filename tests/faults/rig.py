@@ -31,10 +31,10 @@ from typing import Any, Final
 import aiohttp
 
 from sidecar.history import MARKER as RESTART_MARKER
+from sidecar.standins.agentapi import FakeAgentapi
+from sidecar.standins.coder import FakeCoder, RecordedRequest
 from tests.e2e.harness import SidecarProcess, metric
 from tests.e2e.workspace import Workspace
-from tests.fakes.agentapi import FakeAgentapi
-from tests.fakes.coder import FakeCoder, RecordedRequest
 from tests.tracebacks import assert_no_traceback
 
 __all__ = [

@@ -24,12 +24,12 @@ from typing import Any, Final
 import pytest
 
 from sidecar.history import MARKER
+from sidecar.standins.agentapi import FakeAgentapi, SendRejected
+from sidecar.standins.coder import FakeCoder
+from sidecar.standins.server import Served, serve
 from tests.conftest import CoderFactory
 from tests.e2e.harness import run_to_exit
-from tests.fakes.agentapi import FakeAgentapi, SendRejected
 from tests.fakes.agentapi_runner import agentapi_process
-from tests.fakes.coder import FakeCoder
-from tests.fakes.server import Served, serve
 from tests.faults.rig import Rig
 from tests.faults.test_stop_hook import events, run_stop
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.fakes.coder import FakeCoder
+from sidecar.standins.coder import FakeCoder
 from tests.faults.rig import (
     MAX_BYTES,
     FileReads,

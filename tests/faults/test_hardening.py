@@ -16,6 +16,8 @@ from typing import Final
 
 import pytest
 
+from sidecar.standins.coder import FakeCoder
+from sidecar.standins.server import Served
 from tests.conftest import CoderFactory
 from tests.e2e.conftest import SidecarFactory
 from tests.e2e.harness import (
@@ -26,8 +28,6 @@ from tests.e2e.harness import (
     stored_contents,
 )
 from tests.e2e.workspace import Workspace
-from tests.fakes.coder import FakeCoder
-from tests.fakes.server import Served
 from tests.faults.rig import Rig
 from tests.tracebacks import assert_no_traceback
 

@@ -20,9 +20,9 @@ import pytest
 from aiohttp import web
 
 from sidecar.runtime.signals import STRAY_SIGNALS
+from sidecar.standins.coder import Answer
+from sidecar.standins.server import serve
 from tests.e2e.harness import SidecarProcess, run_to_exit, sidecar_command, stored_contents
-from tests.fakes.coder import Answer
-from tests.fakes.server import serve
 from tests.faults.rig import Rig
 from tests.tracebacks import assert_no_traceback
 

@@ -21,9 +21,9 @@ import pytest
 from aiohttp import web
 
 from sidecar.snapshot import MARKER_FORMAT
+from sidecar.standins.server import serve
 from tests.e2e.harness import SidecarProcess
 from tests.fakes.agentapi_runner import AgentapiProcess, agentapi_process
-from tests.fakes.server import serve
 from tests.tracebacks import assert_no_traceback
 
 DEADLINE: Final = 20.0

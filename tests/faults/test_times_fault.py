@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from tests.fakes.agentapi import FakeAgentapi
-from tests.fakes.coder import FakeCoder
+from sidecar.standins.agentapi import FakeAgentapi
+from sidecar.standins.coder import FakeCoder
 from tests.faults.rig import (
     MAX_MESSAGES,
     Rig,

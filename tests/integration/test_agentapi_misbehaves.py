@@ -31,10 +31,10 @@ from sidecar.models import Event
 from sidecar.relay.delivery import Relay
 from sidecar.relay.policy import NOT_RESPONDING, RelayPolicy
 from sidecar.runtime.metrics import Metrics
+from sidecar.standins.agentapi import FakeAgentapi
+from sidecar.standins.coder import FakeCoder
+from sidecar.standins.server import Served
 from tests.conftest import AgentapiFactory, CoderFactory
-from tests.fakes.agentapi import FakeAgentapi
-from tests.fakes.coder import FakeCoder
-from tests.fakes.server import Served
 
 DEADLINE = 10.0
 TIMEOUT = 1.0  # each of the source's and client's new deadlines in these tests

@@ -14,11 +14,11 @@ import aiohttp
 import pytest
 
 from sidecar import models
+from sidecar.standins.agentapi import FakeAgentapi
+from sidecar.standins.coder import FakeCoder
+from sidecar.standins.server import Served, rfc3339, serve
 from tests.conftest import AgentapiFactory, CoderFactory
 from tests.fakes import openapi
-from tests.fakes.agentapi import FakeAgentapi
-from tests.fakes.coder import FakeCoder
-from tests.fakes.server import Served, rfc3339, serve
 from tests.streams import Stream, parse_frame, ticking_clock, validate_events
 
 needs_spec = pytest.mark.skipif(

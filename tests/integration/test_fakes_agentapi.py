@@ -14,11 +14,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from sidecar.standins.agentapi import WELCOME_SCREEN, FakeAgentapi, SendRejected
+from sidecar.standins.agentapi_state import read_state
+from sidecar.standins.server import Served, serve
 from tests.conftest import AgentapiFactory
 from tests.fakes import openapi
-from tests.fakes.agentapi import WELCOME_SCREEN, FakeAgentapi, SendRejected
-from tests.fakes.agentapi_state import read_state
-from tests.fakes.server import Served, serve
 from tests.streams import Stream, ticking_clock, validate_events
 
 needs_spec = pytest.mark.skipif(

@@ -31,11 +31,11 @@ from sidecar.models import AgentStatus
 from sidecar.pipeline import Clients, Clocks, Options, Tuning, build_pipeline
 from sidecar.runtime.metrics import Metrics
 from sidecar.spool import Spool
+from sidecar.standins.agentapi import FakeAgentapi
+from sidecar.standins.coder import FakeCoder
+from sidecar.standins.server import Served
 from sidecar.uploader import Uploader
 from tests.conftest import AgentapiFactory, CoderFactory
-from tests.fakes.agentapi import FakeAgentapi
-from tests.fakes.coder import FakeCoder
-from tests.fakes.server import Served
 
 
 @dataclass

@@ -23,11 +23,11 @@ from sidecar.coder.outcomes import Outcome
 from sidecar.coder.session import make_session, make_token
 from sidecar.models import AgentStatus
 from sidecar.settings import Settings, load_settings
+from sidecar.standins.agentapi import FakeAgentapi
+from sidecar.standins.coder import FakeCoder
+from sidecar.standins.server import Served
 from tests.conftest import AgentapiFactory
-from tests.fakes.agentapi import FakeAgentapi
-from tests.fakes.coder import FakeCoder
 from tests.fakes.proxy import HostsResolver, RecordingProxy
-from tests.fakes.server import Served
 
 CODER_HOST = "coder.test"
 USER = "sidecar"

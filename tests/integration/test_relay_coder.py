@@ -29,10 +29,10 @@ from sidecar.models import (
 from sidecar.relay.delivery import Relay
 from sidecar.relay.policy import RelayPolicy
 from sidecar.runtime.metrics import Metrics
+from sidecar.standins.coder import FakeCoder, RecordedRequest
+from sidecar.standins.server import Served
 from tests.conftest import CoderFactory
 from tests.events import STABLE, agent, at, user
-from tests.fakes.coder import FakeCoder, RecordedRequest
-from tests.fakes.server import Served
 
 SLUG = "claude-code"
 APP_STATUS_PATH = "/api/v2/workspaceagents/me/app-status"

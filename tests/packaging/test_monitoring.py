@@ -17,11 +17,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar.standins.agentapi import FakeAgentapi
+from sidecar.standins.coder import FakeCoder
+from sidecar.standins.server import Served
 from tests.e2e.harness import SidecarProcess, stored_contents
 from tests.e2e.workspace import Workspace
-from tests.fakes.agentapi import FakeAgentapi
-from tests.fakes.coder import FakeCoder
-from tests.fakes.server import Served
 from tests.tools import find_tool
 
 ROOT: Final = Path(__file__).resolve().parents[2]

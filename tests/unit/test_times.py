@@ -49,7 +49,7 @@ from sidecar.models import (
     time_ns,
     validate_message,
 )
-from tests.fakes.coder import _is_rfc3339 as fake_coder_takes
+from sidecar.standins.coder_rules import is_rfc3339 as fake_coder_takes
 
 # --- the reference -------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from tests.fakes import gojson
+from sidecar.standins import gojson
 
 __all__ = [
     "RESTORE_FAILED",
