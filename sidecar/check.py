@@ -14,6 +14,7 @@ from sidecar.agentapi.client import AgentapiError
 from sidecar.coder.client import CoderClient, Result
 from sidecar.coder.outcomes import Outcome, Sink, words
 from sidecar.coder.session import describe_proxy, make_session, url_problems
+from sidecar.dryrun import DRY_RUN_TASK
 from sidecar.models import AgentStatus, AppState
 from sidecar.pipeline import Clients
 from sidecar.runtime.lock import running_daemon
@@ -53,25 +54,32 @@ def _verdict(name: str, sink: Sink, result: Result, **context: object) -> Probe:
 async def run_check(settings: Settings, out: TextIO) -> int:
     probes: list[Probe] = []
     async with make_session(settings) as session:
-        clients = Clients.from_settings(settings, session)
+        clients = Clients.for_run(settings, session)
         agent_status = await _probe_agentapi(clients, probes)
-        coder = clients.coder
-        assert isinstance(coder, CoderClient)
-        version = await coder.server_version()
-        probes.append(
-            Probe("coder version", None, version or "unknown (GET /api/v2/buildinfo failed)")
-        )
-        probes.append(Probe("proxy for coder", None, describe_proxy(settings) or "none"))
-        probes.extend(
-            Probe("coder url", None, note, warn=True)
-            for _event, note in url_problems(settings.coder_agent_url)
-        )
-        probes.append(_verdict("coder token", Sink.TOKEN, await coder.probe_token()))
-        probes.append(await _probe_snapshots(settings, coder, version))
-        probes.append(await _probe_relay(settings, coder, agent_status))
+        if settings.sidecar_dry_run:
+            probes.append(Probe("coder", None, "not probed: SIDECAR_DRY_RUN is on"))
+        else:
+            await _probe_coder(settings, clients, agent_status, probes)
     probes.extend(await asyncio.to_thread(_local_probes, settings))
     _report(settings, probes, out)
     return 1 if any(p.ok is False for p in probes) else 0
+
+
+async def _probe_coder(
+    settings: Settings, clients: Clients, agent_status: AgentStatus | None, probes: list[Probe]
+) -> None:
+    coder = clients.coder
+    assert isinstance(coder, CoderClient)
+    version = await coder.server_version()
+    probes.append(Probe("coder version", None, version or "unknown (GET /api/v2/buildinfo failed)"))
+    probes.append(Probe("proxy for coder", None, describe_proxy(settings) or "none"))
+    probes.extend(
+        Probe("coder url", None, note, warn=True)
+        for _event, note in url_problems(settings.coder_agent_url)
+    )
+    probes.append(_verdict("coder token", Sink.TOKEN, await coder.probe_token()))
+    probes.append(await _probe_snapshots(settings, coder, version))
+    probes.append(await _probe_relay(settings, coder, agent_status))
 
 
 async def _probe_agentapi(clients: Clients, probes: list[Probe]) -> AgentStatus | None:
@@ -173,16 +181,24 @@ def _local_probes(settings: Settings) -> list[Probe]:
     return probes
 
 
+def _unset_task(dry_run: bool) -> str:
+    return f"(unset: {DRY_RUN_TASK} in a dry run)" if dry_run else "(unset: snapshots off)"
+
+
+def _token_origin(settings: Settings) -> str:
+    if settings.coder_agent_token is not None:
+        return "******** from CODER_AGENT_TOKEN"
+    if settings.coder_agent_token_file is not None:
+        return f"******** from CODER_AGENT_TOKEN_FILE ({settings.coder_agent_token_file})"
+    return "(unset: not needed in a dry run)"
+
+
 def _report(settings: Settings, probes: list[Probe], out: TextIO) -> None:
-    token_from = (
-        "CODER_AGENT_TOKEN"
-        if settings.coder_agent_token is not None
-        else f"CODER_AGENT_TOKEN_FILE ({settings.coder_agent_token_file})"
-    )
+    dry_run = settings.sidecar_dry_run
     rows = [
-        ("CODER_AGENT_URL", settings.coder_agent_url),
-        ("token", f"******** from {token_from}"),
-        ("CODER_TASK_ID", str(settings.coder_task_id or "(unset: snapshots off)")),
+        ("CODER_AGENT_URL", "(not used in a dry run)" if dry_run else settings.coder_agent_url),
+        ("token", _token_origin(settings)),
+        ("CODER_TASK_ID", str(settings.coder_task_id or _unset_task(dry_run))),
         ("CODER_MCP_APP_STATUS_SLUG", settings.coder_mcp_app_status_slug or "(unset: relay off)"),
         ("CODER_MCP_AI_AGENTAPI_URL", settings.coder_mcp_ai_agentapi_url),
         ("AGENTAPI_STATE_FILE", str(settings.agentapi_state_file or "(unset)")),
@@ -192,6 +208,8 @@ def _report(settings: Settings, probes: list[Probe], out: TextIO) -> None:
         ("SIDECAR_SHUTDOWN_TIMEOUT", f"{settings.sidecar_shutdown_timeout:g}s"),
         ("SIDECAR_HTTP_ADDR", settings.sidecar_http_addr or "(unset: no listener)"),
     ]
+    if dry_run:
+        rows.append(("SIDECAR_DRY_RUN", "on: nothing is sent to Coder"))
     width = max(len(name) for name, _ in rows)
     print("configuration", file=out)
     for name, value in rows:

@@ -24,12 +24,13 @@ if TYPE_CHECKING:
 # The contract: 0 done, 1 a command failed, 2 the configuration is wrong.
 EXIT_CONFIG: Final = 2
 EXIT_INTERRUPTED: Final = 130  # the shell's convention for a process ended by SIGINT
-COMMANDS: Final = ("run", "snapshot", "check", "stop")
+COMMANDS: Final = ("run", "snapshot", "check", "stop", "demo")
 
 
-def _command_of(arguments: list[str]) -> str:
-    command: str | None = _parser().parse_args(arguments).command
-    return command or "run"
+def _command_of(arguments: list[str]) -> tuple[str, bool]:
+    """The command, and whether `run --dry-run` asked for a dry run."""
+    parsed = _parser().parse_args(arguments)
+    return parsed.command or "run", bool(getattr(parsed, "dry_run", False))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
-    sub.add_parser("run", help="run the daemon (default)")
+    run = sub.add_parser("run", help="run the daemon (default)")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="send nothing to Coder: print each snapshot and status instead (needs no "
+        "token; the same as SIDECAR_DRY_RUN=1)",
+    )
     sub.add_parser(
         "snapshot", help="post one snapshot of the conversation now and exit (a shutdown hook)"
     )
@@ -52,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
         help="the run_on_stop hook: agentapi saves its state, the running daemon flushes "
         "its final snapshot (else one is posted), then agentapi is stopped",
     )
+    sub.add_parser(
+        "demo",
+        help="see it work: the daemon against built-in stand-ins of agentapi and Coder on "
+        "loopback, with a short scripted task (no variable needed)",
+    )
     return parser
 
 
@@ -59,10 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
     # The stop hook runs inside the workspace's stop grace period: argparse's import is
     # spared it.
-    command = "stop" if arguments == ["stop"] else _command_of(arguments)
+    command, dry_run = ("stop", False) if arguments == ["stop"] else _command_of(arguments)
     ignore_stray()
+    env: Mapping[str, str] = {**os.environ, "SIDECAR_DRY_RUN": "1"} if dry_run else os.environ
     try:
-        code = _run(command)
+        code = _run(command, env)
     except BrokenPipeError:
         # The reader of stdout went away (`check | head`): nothing more is said.
         code = 1
@@ -91,19 +104,24 @@ def _quiet_stdout() -> None:
         os.close(devnull)
 
 
-def _run(command: str) -> int:
+def _run(command: str, env: Mapping[str, str]) -> int:
     if command == "stop":
         from sidecar.stop import stop
 
-        return stop(os.environ)
+        return stop(env)
     import asyncio
+
+    if command == "demo":
+        from sidecar.demo import run_demo
+
+        return asyncio.run(run_demo(sys.stdout))
 
     from sidecar.log import configure
     from sidecar.settings import load_settings
 
-    settings = load_settings(os.environ)
+    settings = load_settings(env)
     configure(settings.sidecar_log_level.value, settings.sidecar_log_format)
-    _warn_unknown(os.environ)
+    _warn_unknown(env)
     return asyncio.run(_command(command, settings))
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Final, TextIO
 
 import structlog
@@ -83,7 +84,18 @@ class LineWriter:
     log = debug = info = warn = warning = error = err = critical = fatal = exception = msg
 
 
-def configure(level: str = "info", fmt: LogFormat = "auto", stream: TextIO | None = None) -> None:
+Tap = Callable[[Mapping[str, Any]], None]
+
+
+def configure(
+    level: str = "info",
+    fmt: LogFormat = "auto",
+    stream: TextIO | None = None,
+    *,
+    tap: Tap | None = None,
+) -> None:
+    """`tap` sees every event that is logged, redacted, before it is rendered (the demo
+    tells a person what the daemon does from it)."""
     out = stream if stream is not None else sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: structlog.typing.Processor = (
@@ -98,6 +110,7 @@ def configure(level: str = "info", fmt: LogFormat = "auto", stream: TextIO | Non
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             _redact_processor,
+            *([_tapping(tap)] if tap is not None else []),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
@@ -106,6 +119,18 @@ def configure(level: str = "info", fmt: LogFormat = "auto", stream: TextIO | Non
         logger_factory=_factory(LineWriter(out)),
         cache_logger_on_first_use=False,
     )
+
+
+def _tapping(tap: Tap) -> structlog.typing.Processor:
+    def processor(
+        _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        # Logging must never break the delivery it reports on, a listener's bug included.
+        with contextlib.suppress(Exception):
+            tap(event_dict)
+        return event_dict
+
+    return processor
 
 
 def _factory(writer: LineWriter) -> Callable[..., LineWriter]:

@@ -25,7 +25,7 @@ from sidecar.runtime.metrics import InvalidCounter, Metrics
 from sidecar.runtime.signals import stop_signals
 from sidecar.settings import Settings
 from sidecar.slot import FlushOutcome
-from sidecar.spool import open_spool
+from sidecar.spool import NOTHING_KEPT, open_spool
 from sidecar.uploader import Uploader
 
 log = structlog.get_logger(__name__)
@@ -43,7 +43,7 @@ async def snapshot_once(
     rewrite: called only when agentapi does not answer and that file is the source.
     `interruptible`: a stop signal ends the attempt early (False: `stop`, which holds
     those signals itself and finishes its bounded steps)."""
-    if settings.coder_task_id is None:
+    if settings.coder_task_id is None and not settings.sidecar_dry_run:
         # The same template serves workspaces that are not tasks: nothing to do there.
         log.info("oneshot.skipped", reason="CODER_TASK_ID is not set: this workspace is no task")
         return 0
@@ -76,17 +76,21 @@ async def snapshot_once(
 def _uploader(
     settings: Settings, session: aiohttp.ClientSession, metrics: Metrics
 ) -> tuple[Uploader, Mirror, AgentapiClient]:
-    assert settings.coder_task_id is not None
-    clients = Clients.from_settings(settings, session)
+    clients = Clients.for_run(settings, session)
     assert clients.agentapi is not None
-    spool, kept = open_spool(
-        settings.state_dir, settings.coder_task_id, on_write=metrics.spool_writes.inc
+    options = Options.from_settings(settings)
+    assert options.task_id is not None
+    spool, kept = (
+        # A printed snapshot is no delivery: nothing of it may be kept.
+        (None, NOTHING_KEPT)
+        if settings.sidecar_dry_run
+        else open_spool(settings.state_dir, options.task_id, on_write=metrics.spool_writes.inc)
     )
     # The conversation is read once, by hand: no stream, and no statuses to relay.
     pipeline = build_pipeline(
         dataclasses.replace(clients, agentapi=None),
         Clocks(),
-        dataclasses.replace(Options.from_settings(settings), slug=None),
+        dataclasses.replace(options, slug=None),
         metrics=metrics,
         spool=spool,
         kept=kept,

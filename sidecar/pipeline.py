@@ -9,6 +9,7 @@ options) and nothing else; schedules that tests and benchmarks shorten are `Tuni
 from __future__ import annotations
 
 import random
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from sidecar.coder.client import CoderClient
 from sidecar.coder.retry import RetryPolicy
 from sidecar.coder.session import make_token
 from sidecar.coder.token import TokenSource
+from sidecar.dryrun import DRY_RUN_TASK, DryRunCoder
 from sidecar.hub import Hub
 from sidecar.mirror import Mirror
 from sidecar.models import SNAPSHOT_MAX_BYTES
@@ -68,6 +70,17 @@ class Clients:
             token=token,
         )
 
+    @classmethod
+    def for_run(cls, settings: Settings, session: aiohttp.ClientSession) -> Clients:
+        """The clients the commands talk through: Coder's, or in a dry run a
+        printer in its place (agentapi is the real one either way)."""
+        if not settings.sidecar_dry_run:
+            return cls.from_settings(settings, session)
+        return cls(
+            coder=DryRunCoder(sys.stdout),
+            agentapi=AgentapiClient(session=session, base_url=settings.coder_mcp_ai_agentapi_url),
+        )
+
 
 class Clocks(NamedTuple):
     monotonic: Callable[[], float] = time.monotonic
@@ -90,8 +103,11 @@ class Options:
 
     @classmethod
     def from_settings(cls, s: Settings) -> Options:
+        task_id = s.coder_task_id
+        if task_id is None and s.sidecar_dry_run:
+            task_id = DRY_RUN_TASK
         return cls(
-            task_id=s.coder_task_id,
+            task_id=task_id,
             slug=s.coder_mcp_app_status_slug,
             interval=s.sidecar_snapshot_interval,
             max_messages=s.sidecar_snapshot_max_messages,

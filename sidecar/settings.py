@@ -42,7 +42,7 @@ from sidecar.variables import (
     state_dir_from,
 )
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["DRY_RUN_CODER_URL", "Settings", "load_settings"]
 
 # Whitespace and control characters (C0, DEL, C1) and lone surrogates (undecodable bytes
 # in the environment): never part of a usable URL.
@@ -106,6 +106,8 @@ class Settings(BaseSettings):
     sidecar_relay_screen_activity: bool = False
     sidecar_relay_uri: str = ""
     sidecar_relay_on_stop: AppState | None = None
+    # Coder replaced by a printer (sidecar.dryrun): no token, no URL, nothing kept.
+    sidecar_dry_run: bool = False
 
     # Proxies for requests to Coder, with the meaning Coder's agent (Go) gives them; see
     # sidecar.coder.proxy. Secret: a proxy URL may hold a password.
@@ -182,6 +184,11 @@ class Settings(BaseSettings):
     def _save_state(cls, value: Any) -> Any:
         return _checked(save_state, value)
 
+    @field_validator("sidecar_dry_run", mode="before")
+    @classmethod
+    def _dry_run(cls, value: Any) -> Any:
+        return _checked(_dry_run, value)
+
     @field_validator("sidecar_log_format", mode="before")
     @classmethod
     def _log_format(cls, value: Any) -> Any:
@@ -201,6 +208,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _token_present(self) -> Settings:
+        if self.sidecar_dry_run:
+            return self
         if self.coder_agent_token is None and self.coder_agent_token_file is None:
             raise ValueError("one of CODER_AGENT_TOKEN or CODER_AGENT_TOKEN_FILE is required")
         return self
@@ -233,6 +242,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     proxy_names = _proxy_names(env)
     values = {k: v for k, v in values.items() if k not in _PROXY_FIELDS}
     values.update({field: env[name] for field, name in proxy_names.items()})
+    if _dry_run(values.get("sidecar_dry_run")):
+        # Never contacted: a dry run prints what it would send there.
+        values.setdefault("coder_agent_url", DRY_RUN_CODER_URL)
     try:
         settings = Settings.model_validate(values)
     except ValidationError as exc:
@@ -242,7 +254,11 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             proxy_names.get(error.variable.lower(), error.variable), error.problem
         ) from None
     _check_coder_proxy(settings, proxy_names)
-    if settings.coder_agent_token is None and settings.coder_agent_token_file is not None:
+    if (
+        not settings.sidecar_dry_run
+        and settings.coder_agent_token is None
+        and settings.coder_agent_token_file is not None
+    ):
         try:
             read_token_file(settings.coder_agent_token_file)
         except TokenError as exc:
@@ -252,6 +268,18 @@ def load_settings(env: Mapping[str, str]) -> Settings:
 
 
 _PROXY_FIELDS: Final = ("https_proxy", "http_proxy", "no_proxy")
+# The spellings pydantic reads as booleans.
+_TRUE: Final = frozenset(("1", "on", "t", "true", "y", "yes"))
+_FALSE: Final = frozenset(("0", "off", "f", "false", "n", "no"))
+DRY_RUN_CODER_URL: Final = "https://coder.invalid"
+
+
+def _dry_run(raw: str | None) -> bool:
+    """SIDECAR_DRY_RUN, judged before the rest: it decides what else is required."""
+    value = (raw or "").strip().lower()
+    if value and value not in _TRUE | _FALSE:
+        raise ConfigError("SIDECAR_DRY_RUN", "must be true or false (1, yes, on / 0, no, off)")
+    return value in _TRUE
 
 
 def _proxy_names(env: Mapping[str, str]) -> dict[str, str]:

@@ -270,14 +270,14 @@ def state_dir_refused(directory: Path) -> bool:
     return False
 
 
-def log_unsafe(directory: Path, exc: statedir.Unsafe) -> None:
-    log.error(
-        "state_dir.unsafe",
-        path=str(directory),
-        problem=str(exc),
-        hint="SIDECAR_STATE_DIR must be a directory of this user that no other user can "
-        "write to; until it is, nothing is kept there, read from it, or locked in it",
-    )
+_UNSAFE_DIR: Final = (
+    "SIDECAR_STATE_DIR must be a directory of this user that no other user can write to; "
+    "until it is, nothing is kept there, read from it, or locked in it"
+)
+
+
+def log_unsafe(path: Path, exc: statedir.Unsafe, hint: str = _UNSAFE_DIR) -> None:
+    log.error("state_dir.unsafe", path=str(path), problem=str(exc), hint=hint)
 
 
 def open_spool(

@@ -197,6 +197,7 @@ class Uploader:
         skipped = slot.skip(body)
         if body is None or skipped is not None:
             reason = skipped or Skip.EMPTY
+            log.debug("snapshot.skipped", reason=reason.value)
             self._metrics.snapshot_skipped.labels(reason=reason.value).inc()
             slot.skipped(reason)
             self._publish_pending()

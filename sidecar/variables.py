@@ -136,6 +136,7 @@ VARIABLES: Final[tuple[Seconds | Count | Variable, ...]] = (
     Variable("SIDECAR_RELAY_SCREEN_ACTIVITY"),
     Variable("SIDECAR_RELAY_URI"),
     Variable("SIDECAR_RELAY_ON_STOP"),
+    Variable("SIDECAR_DRY_RUN"),
     Variable("HTTPS_PROXY"),
     Variable("HTTP_PROXY"),
     Variable("NO_PROXY"),

@@ -68,7 +68,7 @@ class Daemon:
         settings: Settings,
         *,
         metrics: Metrics | None = None,
-        make_clients: MakeClients = Clients.from_settings,
+        make_clients: MakeClients = Clients.for_run,
         supervisor_pause: float = RESTART_PAUSE_S,
     ) -> None:
         self.settings = settings
@@ -125,8 +125,15 @@ class Daemon:
                 lock.release()
 
     async def _run(self, lock: DaemonLock) -> int:
-        self._refused = state_dir_refused(self.settings.state_dir)
-        if not self._refused and not self._lock(lock):
+        dry_run = self.settings.sidecar_dry_run
+        if dry_run:
+            log.info(
+                "dry_run.on",
+                note="nothing is sent to Coder: each snapshot and status is printed on "
+                "stdout instead, and nothing is kept in the state directory",
+            )
+        self._refused = not dry_run and state_dir_refused(self.settings.state_dir)
+        if not dry_run and not self._refused and not self._lock(lock):
             return 0
         async with make_session(self.settings) as session:
             parts = self._build(session)
@@ -134,7 +141,7 @@ class Daemon:
             await self.stop_requested.wait()
             outcome = await self._shutdown(parts)
         code = self._report(outcome)
-        lock.record(snapshot=outcome.value, exit=code)
+        lock.record(snapshot=outcome.value, exit=code)  # not taken in a dry run: no-op
         return code
 
     def _lock(self, lock: DaemonLock) -> bool:
@@ -152,7 +159,14 @@ class Daemon:
             )
             return False
         except statedir.Unsafe as exc:
-            log_unsafe(lock.path.parent, exc)
+            # The directory passed its checks, the lock file in it did not (a planted
+            # symlink): the spool's files are checked each on its own.
+            log_unsafe(
+                lock.path,
+                exc,
+                "the daemon runs without its lock, so a second daemon is not kept out; "
+                "remove what is in the lock file's place",
+            )
         except OSError as exc:
             log.error(
                 "state_dir.unusable",
@@ -216,6 +230,9 @@ class Daemon:
 
     def _load_spool(self) -> tuple[Spool | None, Kept]:
         s = self.settings
+        if s.sidecar_dry_run:
+            # A printed snapshot is no delivery: nothing of it may be kept.
+            return None, NOTHING_KEPT
         if s.coder_task_id is None:
             log.warning("snapshot.disabled", reason="CODER_TASK_ID is not set")
             return None, NOTHING_KEPT
@@ -273,7 +290,7 @@ class Daemon:
         log.info(
             "daemon.started",
             agentapi=s.coder_mcp_ai_agentapi_url,
-            coder=s.coder_agent_url,
+            coder="(dry run)" if s.sidecar_dry_run else s.coder_agent_url,
             task=str(s.coder_task_id) if s.coder_task_id else None,
             relay_slug=s.coder_mcp_app_status_slug,
             state_file=str(s.agentapi_state_file) if s.agentapi_state_file else None,

@@ -106,7 +106,7 @@ class Metrics:
         )
         self.snapshot_pending_age = Gauge(
             "sidecar_snapshot_pending_age_seconds",
-            "seconds the newest change has waited undelivered (0: none)",
+            "seconds the server has lacked the newest words (0: it holds them)",
             registry=r,
         )
         self.relay_patches = Counter(

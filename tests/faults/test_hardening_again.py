@@ -289,6 +289,23 @@ async def test_a_spool_slot_that_is_not_a_file_of_ours_is_refused_at_once(
     assert not any(b"secret" in body for body in posted)
 
 
+async def test_a_lock_planted_as_a_symlink_is_named_and_delivery_goes_on(
+    rig: Rig, planted: Path, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (planted / "daemon.lock").symlink_to(victim)
+    rig.agentapi.fake.add_message("user", "the real conversation")
+    sidecar = await rig.start_sidecar()
+    said = await sidecar.proc.wait_log("state_dir.unsafe", timeout=DEADLINE)
+    # The lock file is named, not the directory, and the hint says what is lost.
+    assert said["path"] == str(planted / "daemon.lock")
+    assert "runs without its lock" in said["hint"]
+    await rig.wait_truth()
+    assert await rig.sigterm() == 0
+    assert victim.read_text() == "precious\n"
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="another user's directory needs root to make")
 async def test_another_users_state_directory_is_not_used_at_all(rig: Rig, planted: Path) -> None:
     rig.spool_path.write_text(

@@ -5,7 +5,7 @@ from uuid import UUID
 
 import pytest
 
-from sidecar.settings import load_settings
+from sidecar.settings import DRY_RUN_CODER_URL, load_settings
 from sidecar.variables import ConfigError, LogLevel
 
 TASK = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
@@ -171,3 +171,44 @@ def test_error_never_echoes_values() -> None:
 def test_unrelated_environment_is_ignored() -> None:
     s = load_settings({**BASE, "PATH": "/bin", "SIDECAR_UNKNOWN_KNOB": "1"})
     assert s.coder_agent_url == "https://coder.example.com"
+
+
+@pytest.mark.parametrize("spelling", ["1", "true", "TRUE", "yes", "on", " t "])
+def test_dry_run_needs_neither_url_nor_token(spelling: str) -> None:
+    s = load_settings({"SIDECAR_DRY_RUN": spelling, "HOME": "/home/coder"})
+    assert s.sidecar_dry_run is True
+    assert s.coder_agent_url == DRY_RUN_CODER_URL
+    assert s.coder_agent_token is None
+    assert s.coder_agent_token_file is None
+
+
+def test_dry_run_keeps_a_configured_url_and_skips_an_unreadable_token_file() -> None:
+    s = load_settings(
+        {
+            "SIDECAR_DRY_RUN": "1",
+            "CODER_AGENT_URL": "https://coder.example.com",
+            "CODER_AGENT_TOKEN_FILE": "/nonexistent/agent-token",
+            "HOME": "/home/coder",
+        }
+    )
+    assert s.coder_agent_url == "https://coder.example.com"
+
+
+@pytest.mark.parametrize("spelling", ["0", "false", "no", "off"])
+def test_dry_run_off_still_requires_url_and_token(spelling: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"SIDECAR_DRY_RUN": spelling, "HOME": "/home/coder"})
+    assert caught.value.variable == "CODER_AGENT_URL"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            {"SIDECAR_DRY_RUN": spelling, "CODER_AGENT_URL": "https://c", "HOME": "/home/coder"}
+        )
+    assert caught.value.variable == "CODER_AGENT_TOKEN"
+
+
+def test_dry_run_with_a_bad_value_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"SIDECAR_DRY_RUN": "maybe", "HOME": "/home/coder"})
+    # The flag is judged first: it decides whether the URL is required at all.
+    assert caught.value.variable == "SIDECAR_DRY_RUN"
+    assert "must be true or false" in caught.value.problem

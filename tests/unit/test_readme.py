@@ -18,10 +18,9 @@ def readme_commands() -> list[str]:
     return [block.strip() for block in re.findall(r"```sh\n(.*?)```", text, re.S)]
 
 
-def test_first_command_installs_and_runs() -> None:
-    first = readme_commands()[0]
-    assert "pip install ." in first
-    assert first.rstrip().endswith("coder-task-sidecar run")
+def test_first_command_installs_and_shows_it_working() -> None:
+    # The demo needs no variable and no Coder: the one command a newcomer can run as is.
+    assert readme_commands()[0].strip() == "python3 -m pip install . && coder-task-sidecar demo"
 
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:
