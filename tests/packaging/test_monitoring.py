@@ -179,10 +179,11 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
 
 
 # Each broken in a way its unit tests must notice: a threshold or guard changed so a target
-# that must stay quiet fires, or a filter removed.
+# that must stay quiet fires or one that must fire stays quiet, or a filter removed.
 TARGETED: Final = [
     ("SidecarSnapshotPendingTooLong", "> 300", "> 30"),
     ("SidecarSnapshotDeliveriesFailing", ") > 0.5", ") > 0.05"),
+    ("SidecarSnapshotDeliveriesFailing", ") > 0.5", ") > 0.9"),
     ("SidecarSnapshotDeliveriesFailing", ">= 3", ">= 1"),
     ("SidecarSnapshotDeliveriesFailing", 'result!~"ok|no_route"', 'result!="ok"'),
     ("SidecarNoTasksApi", "== 0", "== 1"),
