@@ -21,12 +21,14 @@ What it decides, given the view it holds and agentapi's current conversation:
   stored conversation worse, also not at the final flush.
 * Otherwise it is a new conversation: the held view is frozen, a marker follows it, and
   the new conversation comes after, as agentapi shows it (its welcome screen again
-  included: the agent did greet again).
+  included: the agent did greet again). A held view that shows nothing is not frozen:
+  no marker stands above nothing.
 
 The view keeps the newest `max_messages` messages, the marker counted, and always keeps
 the newest marker: its id says where the ids of the conversation after it begin, so a
 view read back from a body (a spool, the record of the last accepted snapshot) says how
-to continue it.
+to continue it. With room for one message only, the view is the newest message, with
+agentapi's id: a marker alone would show nothing.
 """
 
 from __future__ import annotations
@@ -137,14 +139,18 @@ class History:
         marker with it."""
         shown = self._join(held)
         fresh = tuple(sorted(current, key=_id))
-        next_id = shown[-1].id + 1 if shown else 0
-        marker = Message(next_id, "agent", MARKER, fresh[0].time)
+        if not shown:  # nothing held says a word: no marker above nothing
+            return _NOTHING._replace(last=fresh)
+        marker = Message(shown[-1].id + 1, "agent", MARKER, fresh[0].time)
         return _Held(tuple(shown), marker, fresh)
 
     def _trim(self, held: _Held) -> _Held:
-        """The newest `max_messages`, the newest marker always among them."""
+        """The newest `max_messages`, the newest marker always among them; with room for
+        one message only, the newest one (a marker alone would show nothing)."""
         room = self._max - (held.marker is not None)
-        last = held.last[-room:] if room > 0 else ()
+        if room == 0:
+            return _NOTHING._replace(last=held.last[-1:])
+        last = held.last[-room:]
         frozen = held.frozen[len(held.frozen) - (room - len(last)) :] if room > len(last) else ()
         if held.marker is None:
             frozen = ()

@@ -222,6 +222,64 @@ def test_a_limit_below_one_is_refused() -> None:
         History(0)
 
 
+def test_a_different_first_prompt_at_the_same_id_is_a_new_conversation() -> None:
+    # ACP starts again from its counter: the first prompt has id 0 again, with other words.
+    # The lowest id of the new conversation is compared too, not only those above it.
+    history = History(10)
+    acp = [m(0, "user", "hello"), m(1, "agent", "Hi!")]
+    history.view(acp)
+    view = history.view([m(0, "user", "deploy it", 200)])
+    assert words(view) == [*words(acp), ("agent", MARKER), ("user", "deploy it")]
+    assert not continues(acp, [m(0, "user", "deploy it")])
+
+
+def test_a_window_of_one_shows_the_newest_message() -> None:
+    conversation = [m(0, "agent", "Welcome"), m(1, "user", "fix it")]
+    assert History(1).view(conversation) == conversation[-1:]
+
+
+def test_a_window_of_one_shows_the_new_conversation_after_a_restart() -> None:
+    # There is no room for a marker beside a message: the newest message is shown (the
+    # marker alone would show nothing, and nothing would ever be posted again).
+    history = History(1)
+    assert history.view(BEFORE[:2]) == [BEFORE[1]]  # the person's words, the newest
+    fresh = [m(0, "agent", "Welcome back!", 100), m(1, "user", "add a test", 101)]
+    assert words(history.view(fresh)) == [("user", "add a test")]
+    grown = [*fresh, m(2, "agent", "Added.", 102)]
+    assert words(history.view(grown)) == [("agent", "Added.")]
+    # Read back from the body, it continues the same way.
+    assert History(1, history.view(grown)).view(grown) == history.view(grown)
+
+
+def test_a_window_of_two_keeps_the_marker_and_the_newest_message() -> None:
+    history = History(2)
+    history.view(BEFORE)
+    fresh = [m(0, "agent", "Welcome back!", 100), m(1, "user", "add a test", 101)]
+    view = history.view(fresh)
+    assert words(view) == [("agent", MARKER), ("user", "add a test")]
+    assert [msg.id for msg in view] == [3, 5]
+
+
+def test_a_held_conversation_without_words_is_replaced_without_a_marker() -> None:
+    # Nothing was shown of it: there is nothing above for a marker to point at.
+    history = History(10)
+    assert history.view([m(0, "agent", ""), m(1, "user", "")]) == []
+    fresh = [m(0, "agent", "Welcome", 100), m(1, "user", "add a test", 101)]
+    assert history.view(fresh) == fresh
+    assert not history.restarted
+
+
+def test_a_view_read_back_that_ends_at_its_marker_continues_after_it() -> None:
+    # The marker's id says where the ids after it begin, also with nothing after it yet.
+    marker = Message(3, "agent", MARKER, at(100))
+    history = History(10, [*BEFORE, marker])
+    assert history.restarted
+    fresh = [m(0, "agent", "Welcome back!", 100), m(1, "user", "add a test", 101)]
+    view = history.view(fresh)
+    assert words(view) == [*words(BEFORE), ("agent", MARKER), *words(fresh)]
+    assert [msg.id for msg in view] == [0, 1, 2, 3, 4, 5]
+
+
 # --- properties -------------------------------------------------------------------------
 
 ROLES: tuple[Role, ...] = ("user", "agent")
@@ -239,7 +297,7 @@ def conversations(draw: st.DrawFn, start: int = 0) -> list[Message]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(conversations(), min_size=1, max_size=6), st.integers(2, 12))
+@given(st.lists(conversations(), min_size=1, max_size=6), st.integers(1, 12))
 def test_every_view_is_a_valid_snapshot_and_reads_back_the_same(
     steps: list[list[Message]], limit: int
 ) -> None:

@@ -64,6 +64,8 @@ def test_an_accepted_status_is_a_200_with_a_json_object() -> None:
     assert classify(200, expect=JSON_OK, json_body=False) is Outcome.NOT_CODER
     assert classify(204, expect=JSON_OK, json_body=False) is Outcome.NOT_CODER
     assert classify(201, expect=JSON_OK, json_body=True) is Outcome.NOT_CODER
+    # An answer is a JSON object only when the caller says so: unsaid, it is not Coder's.
+    assert classify(200, expect=JSON_OK) is Outcome.NOT_CODER
 
 
 def test_expectations_compare_the_status_exactly() -> None:

@@ -172,6 +172,7 @@ def test_a_new_policy_has_no_failure_run() -> None:
     p = RetryPolicy()
     assert p.last_outcome is None
     assert p.failures == 0
+    assert p.final is False  # no stop is under way
 
 
 def test_a_failure_is_neither_a_changed_token_nor_a_stop_unless_said() -> None:

@@ -218,6 +218,18 @@ async def test_stop_is_safe_to_call_twice() -> None:
 
 
 @on_virtual_clock
+async def test_a_loop_is_stopping_from_its_stop_on() -> None:
+    sink = Sink_()
+    assert sink.loop.stopping is False
+    runner = asyncio.create_task(sink.loop.run())
+    await asyncio.sleep(0)
+    assert sink.loop.stopping is False
+    await sink.loop.stop(Deadline(1.0, clock=sink.clock))
+    assert sink.loop.stopping is True
+    await runner
+
+
+@on_virtual_clock
 async def test_run_twice_at_once_is_refused() -> None:
     sink = Sink_()
     runner = asyncio.create_task(sink.loop.run())
