@@ -15,7 +15,14 @@ from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 from uuid import UUID
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -268,18 +275,22 @@ def load_settings(env: Mapping[str, str]) -> Settings:
 
 
 _PROXY_FIELDS: Final = ("https_proxy", "http_proxy", "no_proxy")
-# The spellings pydantic reads as booleans.
-_TRUE: Final = frozenset(("1", "on", "t", "true", "y", "yes"))
-_FALSE: Final = frozenset(("0", "off", "f", "false", "n", "no"))
 DRY_RUN_CODER_URL: Final = "https://coder.invalid"
+_BOOL: Final = TypeAdapter(bool)
 
 
 def _dry_run(raw: str | None) -> bool:
-    """SIDECAR_DRY_RUN, judged before the rest: it decides what else is required."""
-    value = (raw or "").strip().lower()
-    if value and value not in _TRUE | _FALSE:
-        raise ConfigError("SIDECAR_DRY_RUN", "must be true or false (1, yes, on / 0, no, off)")
-    return value in _TRUE
+    """SIDECAR_DRY_RUN, judged before the rest (it decides what else is required) by
+    pydantic's own reading of a boolean, the one every other flag gets."""
+    value = (raw or "").strip()
+    if not value:
+        return False
+    try:
+        return _BOOL.validate_python(value)
+    except ValidationError:
+        raise ConfigError(
+            "SIDECAR_DRY_RUN", "must be true or false (1, yes, on / 0, no, off)"
+        ) from None
 
 
 def _proxy_names(env: Mapping[str, str]) -> dict[str, str]:
